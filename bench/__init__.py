@@ -1,0 +1,1 @@
+"""bench: measure Monte-Carlo gradient estimators against exact gradients."""

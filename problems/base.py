@@ -1,0 +1,151 @@
+"""The problem interface: a distribution p(x; θ), a cost f(θ, x), and the exact ∇θ E[f].
+
+Everything is functional: parameters travel as a ``dict[str, Tensor]`` (the same shape as
+``torch.func.functional_call`` expects), so an estimator can take per-estimate gradients with
+``torch.func.vmap(torch.func.grad(...))``. Randomness enters only through ``noise``, drawn from an
+explicit ``torch.Generator``; every sampling function is a deterministic map of (params, noise),
+which gives all estimators common random numbers.
+
+Shapes: ``batch`` is any leading batch shape (the runner uses (n_estimates, n_samples); inside a
+vmapped estimator it is (n_samples,)). A sample ``x`` may be a tensor or a tuple of tensors.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from bench.errors import ConfigError
+
+Params = dict[str, Tensor]
+Sample = Any  # a Tensor or a tuple of Tensors (a pytree vmap can carry)
+
+REGISTRY: dict[str, type[Problem]] = {}
+
+
+class Problem(ABC):
+    """Base class. Subclasses set ``name`` and the capability flags, and register themselves.
+
+    Capability flags (estimators are matched to problems from these):
+      discrete: samples are discrete (no pathwise gradient through them).
+      has_rsample: ``rsample`` gives x as a differentiable function of (params, noise).
+      has_relaxed_cost: ``relaxed_sample``/``relaxed_cost`` exist (a continuous relaxation that
+        agrees with ``cost`` at hard samples); Gumbel-softmax estimators need it.
+      has_enumerate_support: the outcomes are finite; ``enumerate_outcomes`` lists them, so exact
+        expectations (and moments of single-sample estimators) follow by enumeration.
+      sequential: ``step_log_probs``/``step_rewards`` expose per-step terms (reward-to-go).
+    """
+
+    name: ClassVar[str] = ""
+    discrete: ClassVar[bool] = False
+    has_rsample: ClassVar[bool] = False
+    has_relaxed_cost: ClassVar[bool] = False
+    has_enumerate_support: ClassVar[bool] = False
+    sequential: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
+                raise TypeError(f"problem name {cls.name!r} registered twice")
+            REGISTRY[cls.name] = cls
+
+    def __init__(self, device: torch.device | str = "cpu", **config: Any) -> None:
+        self.device = torch.device(device)
+        self._config = config
+        self._exact: Params | None = None
+
+    # --- what every problem provides -------------------------------------------------------
+    @abstractmethod
+    def params(self) -> Params:
+        """The parameter point θ at which gradients are measured, float64, on ``self.device``."""
+
+    @abstractmethod
+    def noise(self, generator: torch.Generator, batch: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        """Base noise for ``batch`` samples: (*batch, *noise_event), parameter-free."""
+
+    @abstractmethod
+    def sample(self, params: Params, noise: Tensor) -> Sample:
+        """A hard sample x ~ p(x; θ) as a function of noise. Not differentiable in θ."""
+
+    @abstractmethod
+    def log_prob(self, params: Params, x: Sample) -> Tensor:
+        """log p(x; θ): (*batch,)."""
+
+    @abstractmethod
+    def cost(self, params: Params, x: Sample) -> Tensor:
+        """f(θ, x): (*batch,). May depend on θ directly (e.g. −log q in an ELBO)."""
+
+    @abstractmethod
+    def exact_gradient(self) -> Params:
+        """∇θ E_{p(x;θ)}[f(θ, x)] at ``params()``, float64, computed without sampling."""
+
+    def exact(self) -> Params:
+        """``exact_gradient()``, computed once per instance (it can take seconds)."""
+        if self._exact is None:
+            self._exact = self.exact_gradient()
+        return self._exact
+
+    def memory_per_sample(self) -> int:
+        """Rough count of floats one sample's forward and backward pass keeps alive."""
+        return 64
+
+    # --- optional capabilities ------------------------------------------------------------
+    def rsample(self, params: Params, noise: Tensor) -> Sample:
+        """x = g(θ, noise), differentiable in θ (``has_rsample``)."""
+        raise NotImplementedError(f"{self.name} has no reparameterized sampler")
+
+    def relaxed_sample(self, params: Params, noise: Tensor, temperature: float) -> Tensor:
+        """A continuous relaxation of ``sample`` driven by the same noise (``has_relaxed_cost``)."""
+        raise NotImplementedError(f"{self.name} has no relaxation")
+
+    def relaxed_cost(self, params: Params, y: Tensor) -> Tensor:
+        """The cost extended to relaxed samples; equals ``cost`` at hard samples."""
+        raise NotImplementedError(f"{self.name} has no relaxed cost")
+
+    def enumerate_outcomes(self) -> Sample:
+        """Every outcome x, stacked on a leading axis, float64 (``has_enumerate_support``)."""
+        raise NotImplementedError(f"{self.name} cannot enumerate its outcomes")
+
+    def step_log_probs(self, params: Params, x: Sample) -> Tensor:
+        """Per-step log π(a_t | s_t), zero after the episode ends: (*batch, T) (``sequential``)."""
+        raise NotImplementedError(f"{self.name} is not sequential")
+
+    def step_rewards(self, params: Params, x: Sample) -> Tensor:
+        """Per-step discounted terms γ^t r_t that sum to ``cost``: (*batch, T) (``sequential``)."""
+        raise NotImplementedError(f"{self.name} is not sequential")
+
+    # --- helpers ----------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """The config values this instance was built from (for tables and cell ids)."""
+        return dict(self._config)
+
+
+def as_tensor_list(
+    key: str, values: Sequence[float] | float, length: int | None = None, device: torch.device | str = "cpu"
+) -> Tensor:
+    """A config list as a float64 tensor, with a message naming ``key`` when it is malformed."""
+    if isinstance(values, (int, float)):
+        values = [float(values)] * (length if length is not None else 1)
+    try:
+        tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(key, f"expected a list of numbers, got {values!r}") from error
+    if tensor.ndim != 1 or tensor.numel() == 0:
+        raise ConfigError(key, f"expected a non-empty list of numbers, got {values!r}")
+    if length is not None and tensor.numel() != length:
+        raise ConfigError(key, f"expected {length} values to match the other lists, got {tensor.numel()}")
+    if not torch.isfinite(tensor).all():
+        raise ConfigError(key, f"values must be finite, got {values!r}")
+    return tensor
+
+
+def open_uniform(generator: torch.Generator, shape: tuple[int, ...], dtype: torch.dtype, device) -> Tensor:
+    """Uniforms in the open interval (0, 1), so log u and log(1 − u) stay finite."""
+    u = torch.rand(shape, generator=generator, dtype=dtype, device=device)
+    tiny = torch.finfo(dtype).tiny
+    return u.clamp(min=tiny, max=1.0 - torch.finfo(dtype).eps / 2)

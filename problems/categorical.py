@@ -1,0 +1,101 @@
+"""One categorical draw with a linear or quadratic cost; exact by enumerating the K outcomes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from bench.errors import ConfigError
+from problems.base import Params, Problem, as_tensor_list, open_uniform
+
+COSTS = ("linear", "quadratic")
+
+
+class Categorical(Problem):
+    """z ~ Categorical(softmax(θ)), outcomes as one-hot y ∈ {e_1..e_K}.
+
+    Costs (``cost``), with ``costs`` = c ∈ R^K:
+      linear:    f(y) = c·y, i.e. costs[z]. The relaxed and straight-through Gumbel-softmax
+                 gradients coincide here: ∂f/∂y = c everywhere.
+      quadratic: f(y) = (c·y − target)², i.e. (costs[z] − target)² at a hard sample. ∂f/∂y now
+                 depends on y, so straight-through (which evaluates it at the hard one-hot) and
+                 relaxed Gumbel-softmax (at the soft sample) give different estimates.
+    Relaxed cost: the same formula at y in the simplex. Noise: u ~ U(0,1)^K, Gumbel g = −log(−log u);
+    z = argmax(θ + g) (the Gumbel-max trick), relaxed y = softmax((θ + g)/τ) (Jang et al. 2017).
+    Exact gradient: autograd through E[f] = Σ_k softmax(θ)_k f(e_k), float64.
+    """
+
+    name = "categorical"
+    discrete = True
+    has_relaxed_cost = True
+    has_enumerate_support = True
+
+    def __init__(
+        self,
+        theta: Sequence[float] = (0.0, 0.5, -0.5, 1.0),
+        costs: Sequence[float] = (1.0, 0.0, 2.0, 0.5),
+        cost: str = "linear",
+        target: float = 0.7,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__(device, theta=list(theta), costs=list(costs), cost=cost, target=target)
+        self.theta = as_tensor_list("problem.theta", theta, device=device)
+        self.costs = as_tensor_list("problem.costs", costs, length=self.theta.numel(), device=device)
+        if self.theta.numel() < 2:
+            raise ConfigError("problem.theta", "a categorical needs at least 2 categories")
+        if cost not in COSTS:
+            raise ConfigError("problem.cost", f"unknown cost {cost!r}; valid choices: {', '.join(COSTS)}")
+        self.cost_name = cost
+        self.target = float(as_tensor_list("problem.target", target, length=1)[0])
+
+    @property
+    def num_categories(self) -> int:
+        return self.theta.numel()
+
+    def params(self) -> Params:
+        return {"theta": self.theta.clone()}
+
+    def noise(self, generator: torch.Generator, batch: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        return open_uniform(generator, (*batch, self.num_categories), dtype, self.device)  # (*batch, K)
+
+    def _perturbed_logits(self, theta: Tensor, noise: Tensor) -> Tensor:
+        gumbel = -torch.log(-torch.log(noise))
+        return theta + gumbel  # (*batch, K)
+
+    def sample(self, params: Params, noise: Tensor) -> Tensor:
+        perturbed = self._perturbed_logits(params["theta"].detach(), noise)
+        winner = perturbed.argmax(-1, keepdim=True)  # (*batch, 1)
+        categories = torch.arange(self.num_categories, device=noise.device)
+        return (categories == winner).to(noise.dtype)  # one-hot (*batch, K)
+
+    def log_prob(self, params: Params, x: Tensor) -> Tensor:
+        return (x * torch.log_softmax(params["theta"], -1)).sum(-1)
+
+    def cost(self, params: Params, x: Tensor) -> Tensor:
+        value = (x * self.costs.to(x.dtype)).sum(-1)
+        if self.cost_name == "quadratic":
+            return (value - self.target) ** 2
+        return value
+
+    def relaxed_sample(self, params: Params, noise: Tensor, temperature: float) -> Tensor:
+        return torch.softmax(self._perturbed_logits(params["theta"], noise) / temperature, -1)
+
+    def relaxed_cost(self, params: Params, y: Tensor) -> Tensor:
+        return self.cost(params, y)
+
+    def enumerate_outcomes(self) -> Tensor:
+        return torch.eye(self.num_categories, dtype=torch.float64, device=self.device)  # (K, K)
+
+    def expected_cost(self, params: Params) -> Tensor:
+        probs = torch.softmax(params["theta"], -1)
+        return (probs * self.cost(params, self.enumerate_outcomes().to(probs.dtype))).sum()
+
+    def exact_gradient(self) -> Params:
+        params = {"theta": self.theta.clone().requires_grad_(True)}
+        (grad,) = torch.autograd.grad(self.expected_cost(params), [params["theta"]])
+        return {"theta": grad}
+
+    def memory_per_sample(self) -> int:
+        return 24 * self.num_categories
