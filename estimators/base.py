@@ -9,7 +9,6 @@ Python loop over estimates or samples. ``.detach()`` inside a surrogate is the s
 
 from __future__ import annotations
 
-from abc import ABC
 from typing import Any, ClassVar
 
 from torch import Tensor
@@ -21,7 +20,7 @@ from problems.base import Params, Problem
 REGISTRY: dict[str, type[Estimator]] = {}
 
 
-class Estimator(ABC):
+class Estimator:
     """Base class. Subclasses set ``name``, ``unbiased``, ``requires`` and implement ``surrogate``
     (or override ``estimate``).
 
@@ -58,7 +57,7 @@ class Estimator(ABC):
         """None if the estimator applies to ``problem`` at ``n_samples``, else the reason."""
         missing = [flag for flag in self.requires if not getattr(problem, flag)]
         if missing:
-            return f"{self.name} needs a problem with {' and '.join(missing)}; {problem.name} has not"
+            return f"{self.name} requires {' and '.join(missing)}, which {problem.name} lacks"
         if n_samples < self.min_samples:
             return f"{self.name} needs n_samples >= {self.min_samples}, got {n_samples}"
         return None
@@ -108,4 +107,3 @@ def temperature_value(temperature: Any) -> float:
     if not value > 0 or value == float("inf"):
         raise ConfigError("estimator.temperature", f"must be a finite number > 0, got {temperature!r}")
     return value
-

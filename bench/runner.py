@@ -1,0 +1,247 @@
+"""Run one cell: a problem × an estimator at (n_samples, n_estimates, seed), streamed in batches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bench.errors import ConfigError
+from bench.stats import empty_moments, fold, summarize
+from estimators.base import Estimator
+from problems.base import Params, Problem
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+MAX_BATCH = 1 << 16
+
+
+@dataclass
+class CellResult:
+    """``row``: one row of cells.parquet (without the config columns); ``dims``: rows of dims.parquet."""
+
+    row: dict[str, Any]
+    dims: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError("device", f"expected auto, cpu or cuda, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device", "cuda was asked for but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise ConfigError("dtype", f"expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def param_names(params: Params) -> list[str]:
+    """One name per flattened dimension: ``theta[0]``, ``weight[1,2]``, a 0-d ``scale``."""
+    names = []
+    for name, value in params.items():
+        if value.ndim == 0:
+            names.append(name)
+            continue
+        for index in torch.cartesian_prod(*[torch.arange(size) for size in value.shape]).reshape(
+            -1, value.ndim
+        ):
+            names.append(f"{name}[{','.join(str(int(i)) for i in index)}]")
+    return names
+
+
+def flatten(grads: Params, batch: int) -> Tensor:
+    """{name: (B, *shape)} → (B, P) in dict order."""
+    return torch.cat([value.reshape(batch, -1) for value in grads.values()], dim=1)
+
+
+def cell_id_from(
+    problem: str,
+    problem_config: dict[str, Any],
+    estimator: str,
+    estimator_config: dict[str, Any],
+    n_samples: int,
+    n_estimates: int,
+    seed: int,
+    dtype: str,
+) -> str:
+    """A stable id: a hash of everything that defines the measurement (not the device)."""
+    key = [problem, problem_config, estimator, estimator_config, n_samples, n_estimates, seed, dtype]
+    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]  # fmt: skip
+
+
+def available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def auto_batch_size(problem: Problem, n_params: int, n_samples: int, dtype: torch.dtype, device) -> int:
+    """Estimates per batch so that one batch's working set uses at most 1/8 of free memory
+    (capped at 1 GiB on CPU, where bigger batches stop paying)."""
+    element = torch.finfo(dtype).bits // 8
+    per_estimate = element * (n_samples * problem.memory_per_sample() + 8 * n_params)
+    budget = available_bytes(device) // 8
+    if device.type == "cpu":
+        budget = min(budget, 1 << 30)
+    return int(max(1, min(MAX_BATCH, budget // per_estimate)))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def base_row(
+    problem: Problem, estimator: Estimator, n_samples: int, n_estimates: int, seed: int, dtype: str
+) -> dict[str, Any]:
+    cell = cell_id_from(
+        problem.name,
+        problem.config(),
+        estimator.name,
+        estimator.config(),
+        n_samples,
+        n_estimates,
+        seed,
+        dtype,
+    )
+    return {
+        "cell": cell,
+        "problem": problem.name,
+        "estimator": estimator.name,
+        "unbiased": estimator.unbiased,
+        "n_samples": n_samples,
+        "n_estimates": n_estimates,
+        "seed": seed,
+        "dtype": dtype,
+        "device": str(problem.device),
+        "cost_evals": estimator.cost_evals(n_samples),
+    }
+
+
+def check_settings(n_samples: int, n_estimates: int, seed: int) -> None:
+    if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
+        raise ConfigError("n_samples", f"expected an integer >= 1, got {n_samples!r}")
+    if not isinstance(n_estimates, int) or isinstance(n_estimates, bool) or n_estimates < 2:
+        raise ConfigError(
+            "n_estimates", f"expected an integer >= 2 (a variance needs two), got {n_estimates!r}"
+        )
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError("seed", f"expected an integer >= 0, got {seed!r}")
+
+
+def run_cell(
+    problem: Problem,
+    estimator: Estimator,
+    *,
+    n_samples: int,
+    n_estimates: int,
+    seed: int,
+    dtype: torch.dtype | str = torch.float32,
+    batch_size: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    cell: str | None = None,
+) -> CellResult:
+    """Measure one cell on ``problem.device``. Raises on failure (the sweep records it).
+
+    Every estimator on the same problem, n_samples and seed sees the same noise (common random
+    numbers), so paired comparisons between rows are meaningful. ``estimates_per_s`` times noise
+    generation plus estimation (synchronized on CUDA), after one untimed warm-up batch; the exact
+    gradient and the statistics are not timed.
+    """
+    dtype_name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+    torch_dtype = resolve_dtype(dtype_name)
+    check_settings(n_samples, n_estimates, seed)
+    row = base_row(problem, estimator, n_samples, n_estimates, seed, dtype_name)
+    if cell is not None:
+        row["cell"] = cell
+    reason = estimator.why_not(problem, n_samples)
+    if reason is not None:
+        return CellResult({**row, "status": "skipped", "reason": reason})
+    device = problem.device
+    started = time.perf_counter()
+    exact_params = problem.exact()
+    for name, value in exact_params.items():
+        if not torch.isfinite(value).all():
+            raise FloatingPointError(f"the exact gradient of {name} is not finite: {value.tolist()}")
+    names = param_names(exact_params)
+    exact = flatten({k: v.unsqueeze(0) for k, v in exact_params.items()}, 1)[0]  # (P,)
+    params = {name: value.to(torch_dtype) for name, value in problem.params().items()}
+    if batch_size is None:
+        batch_size = auto_batch_size(problem, len(names), n_samples, torch_dtype, device)
+    if batch_size < 1:
+        raise ConfigError("batch_size", f"expected auto or an integer >= 1, got {batch_size}")
+
+    def estimate_batch(generator: torch.Generator, size: int) -> Tensor:
+        noise = problem.noise(generator, (size, n_samples), torch_dtype)
+        return flatten(estimator.estimate(problem, params, noise), size)  # (size, P)
+
+    warmup = torch.Generator(device=device).manual_seed(seed + 0x5EED)
+    estimate_batch(warmup, min(batch_size, 64))
+    synchronize(device)
+
+    generator = torch.Generator(device=device).manual_seed(seed)
+    moments = empty_moments(len(names), device)
+    elapsed = 0.0
+    done = 0
+    while done < n_estimates:
+        size = min(batch_size, n_estimates - done)
+        tic = time.perf_counter()
+        batch = estimate_batch(generator, size)
+        synchronize(device)
+        elapsed += time.perf_counter() - tic
+        if not torch.isfinite(batch).all():
+            bad = torch.nonzero(~torch.isfinite(batch).all(0)).flatten()[:5].tolist()
+            raise FloatingPointError(
+                f"non-finite gradient estimates after {done} estimates, in {[names[i] for i in bad]}"
+            )
+        moments = fold(moments, batch)
+        done += size
+        if progress is not None:
+            progress(size)
+
+    summary = summarize(moments, exact, torch_dtype)
+    row.update(
+        status="ok",
+        reason="",
+        n_params=len(names),
+        batch_size=batch_size,
+        variance=summary.variance,
+        bias_norm=summary.bias_norm,
+        mse=summary.mse,
+        exact_norm=summary.exact_norm,
+        cosine=summary.cosine,
+        bias_z_max=summary.bias_z_max,
+        bias_pvalue=summary.bias_pvalue,
+        snr=summary.snr,
+        estimates_per_s=n_estimates / elapsed if elapsed > 0 else math.inf,
+        seconds=time.perf_counter() - started,
+    )
+    dims = [
+        {"param": name, "exact": e, "mean": m, "var": v, "stderr": s, "z": z}
+        for name, e, m, v, s, z in zip(
+            names,
+            exact.tolist(),
+            summary.mean.tolist(),
+            summary.var.tolist(),
+            summary.stderr.tolist(),
+            summary.z.tolist(),
+            strict=True,
+        )
+    ]
+    return CellResult(row, dims)
