@@ -88,6 +88,7 @@ def write_parquet_atomic(frame: pd.DataFrame, path: Path, metadata: Mapping[str,
     os.close(handle)
     try:
         pq.write_table(table, temporary)
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; tables are for everyone who reads results
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -26,8 +26,8 @@ def labelled(
     cells: pd.DataFrame, problem_columns: Sequence[str], estimator_columns: Sequence[str]
 ) -> pd.DataFrame:
     """Add ``problem_label`` (problem + its config values that vary within the sweep, e.g.
-    ``categorical cost=quadratic``) and ``estimator_label`` (likewise, minus temperature when the
-    plot has temperature on an axis)."""
+    ``categorical cost=quadratic``) and relabel ``estimator`` likewise (temperature aside: the plots
+    show it on an axis or as line style)."""
     cells = cells.copy()
 
     def label(frame: pd.DataFrame, name_column: str, columns: Sequence[str]) -> pd.Series:
@@ -39,7 +39,8 @@ def labelled(
         return labels
 
     cells["problem_label"] = label(cells, "problem", problem_columns)
-    cells["estimator_label"] = label(cells, "estimator", [c for c in estimator_columns if c != "temperature"])
+    # The legend's title is the column's name: the label replaces the plain estimator name.
+    cells["estimator"] = label(cells, "estimator", [c for c in estimator_columns if c != "temperature"])
     return cells
 
 
@@ -47,20 +48,22 @@ def variance_vs_samples(cells: pd.DataFrame, path: Path) -> Path | None:
     data = cells[(cells["variance"] > 0)].copy()
     if data.empty or data["n_samples"].nunique() < 2:
         return None
-    if "temperature" in data:
-        data["estimator_label"] = data["estimator_label"] + data["temperature"].map(
-            lambda t: "" if pd.isna(t) else f" τ={t:g}"
-        )
+    style = None
+    if "temperature" in data and data["temperature"].notna().any():
+        data["τ"] = data["temperature"].map(lambda t: "–" if pd.isna(t) else f"{t:g}")
+        style = "τ"
+        extra = {"style_order": ["–", *(f"{t:g}" for t in sorted(data["temperature"].dropna().unique()))]}
+    else:
+        extra = {}
     grid = sns.relplot(
-        data=data, x="n_samples", y="variance", hue="estimator_label", col="problem_label", kind="line",
-        marker="o", col_wrap=min(3, data["problem_label"].nunique()), facet_kws={"sharey": False},
-        height=3.2, aspect=1.2,
+        data=data, x="n_samples", y="variance", hue="estimator", style=style, col="problem_label",
+        kind="line", marker="o", col_wrap=min(3, data["problem_label"].nunique()), facet_kws={"sharey": False},
+        height=3.2, aspect=1.2, **palette(data), **extra, col_order=sorted(data["problem_label"].unique()),
     )  # fmt: skip
     grid.set(xscale="log", yscale="log")
     data_ticks(grid, data["n_samples"])
     grid.set_titles("{col_name}")
     grid.set_axis_labels("n_samples (per estimate)", "variance of one estimate (trace)")
-    grid.legend.set_title("estimator")
     grid.figure.suptitle("Variance vs samples per estimate", y=1.02)
     return save(grid.figure, path)
 
@@ -71,9 +74,9 @@ def bias_vs_variance(cells: pd.DataFrame, path: Path) -> Path | None:
         return None
     data["declared"] = data["unbiased"].map({True: "unbiased", False: "biased"})
     grid = sns.relplot(
-        data=data, x="variance", y="bias_norm", hue="estimator_label", style="declared", col="problem_label",
+        data=data, x="variance", y="bias_norm", hue="estimator", style="declared", col="problem_label",
         col_wrap=min(3, data["problem_label"].nunique()), facet_kws={"sharex": False, "sharey": False},
-        height=3.2, aspect=1.2, s=50,
+        height=3.2, aspect=1.2, s=50, **palette(data), col_order=sorted(data["problem_label"].unique()),
     )  # fmt: skip
     grid.set(xscale="log", yscale="log")
     for problem_label, ax in grid.axes_dict.items():
@@ -82,7 +85,6 @@ def bias_vs_variance(cells: pd.DataFrame, path: Path) -> Path | None:
         # An unbiased estimator's measured bias is pure noise: ‖mean − exact‖ ≈ sqrt(variance / n).
         ax.plot(xs, np.sqrt(xs / subset["n_estimates"].median()), "k:", lw=1, label="noise floor")
     grid.set_titles("{col_name}")
-    grid.legend.set_title("")
     grid.set_axis_labels("variance of one estimate", "‖mean − exact‖")
     grid.figure.suptitle("Bias vs variance per cell (dotted: where an unbiased estimator lands)", y=1.02)
     return save(grid.figure, path)
@@ -95,20 +97,27 @@ def temperature_sweep(cells: pd.DataFrame, path: Path) -> Path | None:
     if data.empty or data["temperature"].nunique() < 2:
         return None
     long = data.melt(
-        id_vars=["problem_label", "estimator_label", "temperature", "n_samples"],
+        id_vars=["problem_label", "estimator", "temperature", "n_samples"],
         value_vars=["bias_norm", "variance"], var_name="measure", value_name="value",
     )  # fmt: skip
     grid = sns.relplot(
-        data=long, x="temperature", y="value", hue="estimator_label", style="n_samples", row="measure",
+        data=long, x="temperature", y="value", hue="estimator", style="n_samples", row="measure",
         col="problem_label", kind="line", marker="o", facet_kws={"sharey": False}, height=2.8, aspect=1.2,
+        **palette(long), col_order=sorted(long["problem_label"].unique()),
     )  # fmt: skip
     grid.set(xscale="log", yscale="log")
     data_ticks(grid, long["temperature"])
     grid.set_titles("{row_name} | {col_name}")
     grid.set_axis_labels("temperature τ", "")
-    grid.legend.set_title("")
     grid.figure.suptitle("Relaxed estimators: bias and variance vs temperature", y=1.02)
     return save(grid.figure, path)
+
+
+def palette(data: pd.DataFrame) -> dict:
+    """The same colour for an estimator in every plot of a sweep."""
+    order = sorted(data["estimator"].unique())
+    colours = sns.color_palette("tab10" if len(order) <= 10 else "husl", len(order))
+    return {"hue_order": order, "palette": dict(zip(order, colours, strict=True))}
 
 
 def data_ticks(grid: sns.FacetGrid, values: pd.Series) -> None:

@@ -33,8 +33,13 @@ def fold(moments: Moments, batch: Tensor) -> Moments:
     """Merge a batch of estimates (B, P) into the running moments (Chan, Golub & LeVeque 1979)."""
     batch = batch.to(torch.float64)
     n_batch = batch.shape[0]
-    batch_mean = batch.mean(0)  # (P,)
-    batch_m2 = ((batch - batch_mean) ** 2).sum(0)  # (P,)
+    # Shifted by the first row: exact for constant columns (a deterministic estimator has M2 = 0,
+    # not rounding noise) and accurate when the spread is small next to the mean.
+    shift = batch[0]  # (P,)
+    shifted = batch - shift  # (B, P)
+    shifted_mean = shifted.mean(0)  # (P,)
+    batch_mean = shift + shifted_mean
+    batch_m2 = ((shifted - shifted_mean) ** 2).sum(0)  # (P,)
     count = moments.count + n_batch
     delta = batch_mean - moments.mean
     mean = moments.mean + delta * (n_batch / count)
