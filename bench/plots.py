@@ -57,7 +57,8 @@ def variance_vs_samples(cells: pd.DataFrame, path: Path) -> Path | None:
         extra = {}
     grid = sns.relplot(
         data=data, x="n_samples", y="variance", hue="estimator", style=style, col="problem_label",
-        kind="line", marker="o", col_wrap=min(3, data["problem_label"].nunique()), facet_kws={"sharey": False},
+        kind="line", marker="o", col_wrap=min(3, data["problem_label"].nunique()),
+        facet_kws={"sharey": False},
         height=3.2, aspect=1.2, **palette(data), **extra, col_order=sorted(data["problem_label"].unique()),
     )  # fmt: skip
     grid.set(xscale="log", yscale="log")
