@@ -154,6 +154,17 @@ def plan(
 _ABSENT = object()
 
 
+def default_grid(params: dict[str, str], user_keys: Iterable[str]) -> list[str]:
+    """The config's grid (``hydra.sweeper.params``) as overrides, less what the user replaces:
+    a key typed on the command line replaces its grid, and choosing ``problem`` (``estimator``)
+    also drops the grid's ``problem.*`` (``estimator.*``) keys, so chosen problems run at their
+    YAML defaults unless their keys are swept explicitly."""
+    user = set(user_keys)
+    return [
+        f"{key}={value}" for key, value in params.items() if key not in user and member_group(key) not in user
+    ]
+
+
 def check_top_level_keys(jobs: Iterable[Sequence[str]], base: DictConfig) -> None:
     valid = [key for key in base if key not in ("hydra", "defaults")] + list(GROUPS)
     valid = list(dict.fromkeys(valid))

@@ -12,7 +12,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from bench.errors import ConfigError
-from bench.sweep import finish, plan
+from bench.sweep import default_grid, finish, plan
 
 
 class BenchSweeper(BasicSweeper):
@@ -26,12 +26,10 @@ class BenchSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
+        user_keys = [o.get_key_element().lstrip("+~") for o in parser.parse_overrides(arguments)]
+        overrides = parser.parse_overrides([*default_grid(dict(self.params), user_keys), *arguments])
         (jobs,) = self.split_arguments(overrides, None)
         try:
-            user_keys = [
-                override.get_key_element().lstrip("+~") for override in overrides[len(self.params) :]
-            ]
             grid = plan(jobs, self._compose, self._compose([]), user_keys)
         except ConfigError as error:
             print(f"bench: error: {error}", file=sys.stderr)
