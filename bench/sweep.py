@@ -21,6 +21,7 @@ from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 import estimators
 import problems
@@ -87,10 +88,11 @@ def member_group(key: str) -> str | None:
 
 @dataclass
 class Plan:
-    jobs: list[list[str]]  # normalized, de-duplicated override lists, one per cell
-    configs: list[DictConfig]
-    skipped: list[str | None]  # why a cell will be skipped (None: it applies)
-    dropped: dict[str, int] = field(default_factory=dict)  # key → jobs it did not apply to
+    jobs: list[list[str]] = field(default_factory=list)  # normalized override lists, one per cell
+    skipped: list[str | None] = field(default_factory=list)  # why a cell will be skipped, or None
+
+
+_ABSENT = object()
 
 
 def plan(
@@ -136,22 +138,16 @@ def plan(
     unused = [key for key, count in used.items() if count == 0 and key in set(user_keys)]
     if unused:
         raise unknown_key_error(unused[0], group_cache.values())
-    result = Plan(jobs=[], configs=[], skipped=[])
-    result.dropped = {key: len(jobs) - count for key, count in used.items() if count < len(jobs)}
+    result = Plan()
     built: dict[str, Any] = {}
     for job in normalized:
-        cfg = compose(list(job))
         result.jobs.append(list(job))
-        result.configs.append(cfg)
-        result.skipped.append(why_skip(cfg, built))
+        result.skipped.append(why_skip(compose(list(job)), built))
     if all(reason is not None for reason in result.skipped):
         raise ConfigError(
             "estimator", "no cell of this sweep applies: " + "; ".join(sorted(set(result.skipped)))
         )
     return result
-
-
-_ABSENT = object()
 
 
 def default_grid(params: dict[str, str], user_keys: Iterable[str]) -> list[str]:
@@ -174,7 +170,7 @@ def check_top_level_keys(jobs: Iterable[Sequence[str]], base: DictConfig) -> Non
             head = key.split(".", 1)[0].split("/", 1)[0]
             if head == "hydra" or override.startswith("+") or member_group(key) is not None:
                 continue
-            if head not in valid or (head in GROUPS and "." in key):
+            if head not in valid:
                 raise ConfigError(key, f"unknown key; valid keys: {', '.join(valid)}")
 
 
@@ -225,7 +221,10 @@ def run_job(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
         problem: Problem = build("problem", names["problem"], configs["problem"], device)
         estimator: Estimator = build("estimator", names["estimator"], configs["estimator"])
         row["unbiased"] = estimator.unbiased
-        result = run_cell(problem, estimator, **settings, cell=row["cell"])
+        label = f"{names['problem']} × {names['estimator']}"
+        # A progress bar on a terminal only (disable=None); logs get one line per cell.
+        with tqdm(total=cfg.n_estimates, desc=label, unit="est", leave=False, disable=None) as bar:
+            result = run_cell(problem, estimator, **settings, cell=row["cell"], progress=bar.update)
         row.update(result.row)
         dims = result.dims
     except NotApplicable as reason:

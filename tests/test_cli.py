@@ -70,6 +70,16 @@ def test_plot_redraws_from_saved_tables(tmp_out):
     assert (tmp_out / "plots" / "variance_vs_samples.png").exists()
 
 
+def test_hydra_joblib_launcher_runs_cells_in_parallel(tmp_out):
+    run = bench(
+        "sweep", "problem=bernoulli", "estimator=reinforce,rloo", "n_samples=2,4", "n_estimates=200",
+        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"out={tmp_out}", "plots=false",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    cells = pd.read_parquet(tmp_out / "cells.parquet")
+    assert len(cells) == 4 and (cells["status"] == "ok").all()
+
+
 def test_failed_cell_is_recorded_and_sweep_exits_nonzero(tmp_out):
     # exp(0.05 x²) at x ≈ 100 overflows float32: that cell fails; the μ = 0 cell still runs.
     run = bench(
