@@ -4,51 +4,52 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 USAGE = """python -m bench sweep [hydra overrides...]   run the grid (default: conf/config.yaml)
        python -m bench list                          problems, estimators, and which pairs apply
        python -m bench plot RESULTS_DIR              redraw the plots from saved tables"""
 
 
-def list_registry() -> str:
-    import estimators
-    import problems
-    from bench.sweep import build, default_config, group_options
+FLAGS = ["discrete", "has_rsample", "has_relaxed_cost", "has_enumerate_support", "sequential"]
 
-    lines = ["problems:"]
-    flags = ["discrete", "has_rsample", "has_relaxed_cost", "has_enumerate_support", "sequential"]
-    built = {}
-    for name in group_options("problem"):
-        cls = problems.REGISTRY.get(name)
+
+def describe_group(group: str, details: Callable[[type], str]) -> tuple[list[str], dict[str, Any]]:
+    """A listing of one registry (name, docstring's first sentence, ``details``) and its members
+    built from their YAML defaults."""
+    from bench.sweep import REGISTRIES, build, default_config, group_options
+
+    lines, built = [f"{group}s:"], {}
+    for name in group_options(group):
+        cls = REGISTRIES[group].get(name)
         if cls is None:
-            lines.append(f"  {name:<18} (conf/problem/{name}.yaml has no registered class)")
+            lines.append(f"  {name:<18} (conf/{group}/{name}.yaml has no registered class)")
             continue
-        built[name] = build("problem", name, default_config("problem", name))
+        built[name] = build(group, name, default_config(group, name))
         lines.append(f"  {name:<18} {first_sentence(cls.__doc__)}")
-        lines.append(f"  {'':<18} flags: {', '.join(f for f in flags if getattr(cls, f)) or 'none'}")
-    lines.append("estimators:")
-    estimator_objects = {}
-    for name in group_options("estimator"):
-        cls = estimators.REGISTRY.get(name)
-        if cls is None:
-            lines.append(f"  {name:<18} (conf/estimator/{name}.yaml has no registered class)")
-            continue
-        estimator_objects[name] = build("estimator", name, default_config("estimator", name))
-        requires = ", ".join(cls.requires) or "nothing"
-        lines.append(f"  {name:<18} {first_sentence(cls.__doc__)}")
-        lines.append(
-            f"  {'':<18} {'unbiased' if cls.unbiased else 'biased'}; requires {requires}; "
+        lines.append(f"  {'':<18} {details(cls)}")
+    return lines, built
+
+
+def list_registry() -> str:
+    problem_lines, problems = describe_group(
+        "problem", lambda cls: f"flags: {', '.join(f for f in FLAGS if getattr(cls, f)) or 'none'}"
+    )
+    estimator_lines, estimators = describe_group(
+        "estimator",
+        lambda cls: (
+            f"{'unbiased' if cls.unbiased else 'biased'}; requires {', '.join(cls.requires) or 'nothing'}; "
             f"n_samples >= {cls.min_samples}"
-        )
-    lines.append("applicability (problem × estimator):")
-    for problem_name, problem in built.items():
-        for estimator_name, estimator in estimator_objects.items():
-            reason = estimator.why_not(problem, max(estimator.min_samples, 1))
-            lines.append(
-                f"  {problem_name:<14} {estimator_name:<18} {'yes' if reason is None else 'no: ' + reason}"
-            )
+        ),
+    )
+    lines = [*problem_lines, *estimator_lines, "applicability (problem × estimator):"]
+    for problem_name, problem in problems.items():
+        for estimator_name, estimator in estimators.items():
+            reason = estimator.why_not(problem, estimator.min_samples)
+            verdict = "yes" if reason is None else f"no: {reason}"
+            lines.append(f"  {problem_name:<14} {estimator_name:<18} {verdict}")
     return "\n".join(lines)
 
 
