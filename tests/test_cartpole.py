@@ -369,7 +369,8 @@ def test_reward_to_go_has_lower_variance_than_reinforce() -> None:
 
 
 def test_runner_integration() -> None:
-    runner = pytest.importorskip("bench.runner")
+    from bench import runner
+
     problem = CartPole(weight=WEIGHT, bias=BIAS)
     for name in ("exact", "reinforce_rtg"):
         result = runner.run_cell(problem, ESTIMATORS[name](), n_samples=4, n_estimates=256, seed=0)
