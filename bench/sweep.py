@@ -65,6 +65,7 @@ def cell_settings(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("batch_size", f"expected auto or an integer >= 1, got {batch_size!r}")
     check_settings(cfg.n_samples, cfg.n_estimates, cfg.seed)
     resolve_dtype(cfg.dtype)
+    resolve_device(str(cfg.device))
     return {
         "n_samples": cfg.n_samples,
         "n_estimates": cfg.n_estimates,

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+CUDA = __import__("torch").cuda.is_available()
 
 
 def bench(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -114,7 +115,10 @@ def test_list_shows_applicability():
         (["problem=bernoulli", "problem.theta=[0.0,1.0]"], "problem.target: expected 2 values"),
         (["n_estimates=1"], "n_estimates: expected an integer >= 2"),
         (["problem=bernoulli", "estimator=pathwise"], "pathwise requires has_rsample"),
-    ],
+        (["dtype=float16"], "dtype: expected one of float32, float64"),
+        (["batch_size=0"], "batch_size: expected auto or an integer >= 1"),
+    ]
+    + ([(["device=cuda"], "device: cuda was asked for but torch sees no CUDA device")] if not CUDA else []),
 )
 def test_bad_input_is_rejected_before_any_work(args, message, tmp_out):
     run = bench("sweep", *args, f"out={tmp_out}")
