@@ -44,7 +44,7 @@ import tempfile
 from abc import abstractmethod
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -194,19 +194,18 @@ class DigitsVAE(Problem):
     ``negative_elbo`` (the cost at sampled z) and ``expected_negative_elbo`` (E_q of it, exact).
     """
 
+    max_latent_dim: ClassVar[int | None] = None  # the exact gradient's limit, if it enumerates codes
+
     def __init__(
         self,
-        device: torch.device | str,
-        *,
-        batch_size: int,
-        data_seed: int,
-        latent_dim: int,
-        hidden: int,
-        state: str,
-        init_seed: int,
-        train_steps: int,
-        max_latent_dim: int | None = None,
-        **extra: Any,
+        batch_size: int = 8,
+        data_seed: int = 0,
+        latent_dim: int = 4,
+        hidden: int = 32,
+        state: str = "trained",
+        init_seed: int = 0,
+        train_steps: int = 200,
+        device: torch.device | str = "cpu",
     ) -> None:
         super().__init__(
             device,
@@ -217,8 +216,8 @@ class DigitsVAE(Problem):
             state=state,
             init_seed=init_seed,
             train_steps=train_steps,
-            **extra,
         )
+        max_latent_dim = self.max_latent_dim
         why = " (the exact gradient enumerates all 2^latent_dim codes per image)" if max_latent_dim else ""
         self.latent_dim = checked_int("latent_dim", latent_dim, 1, max_latent_dim, why)
         self.hidden = checked_int("hidden", hidden, 1)
@@ -391,29 +390,7 @@ class VAEBernoulli(DigitsVAE):
     has_rsample = False
     has_relaxed_cost = True
     has_enumerate_support = False
-
-    def __init__(
-        self,
-        batch_size: int = 8,
-        data_seed: int = 0,
-        latent_dim: int = 4,
-        hidden: int = 32,
-        state: str = "trained",
-        init_seed: int = 0,
-        train_steps: int = 200,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        super().__init__(
-            device,
-            batch_size=batch_size,
-            data_seed=data_seed,
-            latent_dim=latent_dim,
-            hidden=hidden,
-            state=state,
-            init_seed=init_seed,
-            train_steps=train_steps,
-            max_latent_dim=MAX_BERNOULLI_LATENT,
-        )
+    max_latent_dim = MAX_BERNOULLI_LATENT
 
     @property
     def encoder_outputs(self) -> int:
@@ -500,17 +477,8 @@ class VAEGaussian(DigitsVAE):
         sigma_x: float = 0.5,
         device: torch.device | str = "cpu",
     ) -> None:
-        super().__init__(
-            device,
-            batch_size=batch_size,
-            data_seed=data_seed,
-            latent_dim=latent_dim,
-            hidden=hidden,
-            state=state,
-            init_seed=init_seed,
-            train_steps=train_steps,
-            sigma_x=sigma_x,
-        )
+        super().__init__(batch_size, data_seed, latent_dim, hidden, state, init_seed, train_steps, device)
+        self._config["sigma_x"] = sigma_x  # the one key this family adds to the shared ones
         self.sigma_x = checked_positive_float("sigma_x", sigma_x)
 
     @property
