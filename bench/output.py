@@ -31,7 +31,7 @@ METADATA_KEY = b"bench"
 CELL_COLUMNS = [
     "cell", "problem", "estimator", "status", "reason", "unbiased", "n_samples", "n_estimates", "seed",
     "device", "dtype", "n_params", "cost_evals", "batch_size", "variance", "bias_norm", "mse",
-    "exact_norm", "cosine", "bias_z_max", "bias_pvalue", "snr", "estimates_per_s", "seconds",
+    "exact_norm", "cosine", "bias_z_max", "bias_pvalue", "snr", "estimates_per_s", "seconds", "fit_seconds", "fit_steps", "fitted",
 ]  # fmt: skip
 DIM_COLUMNS = ["cell", "problem", "estimator", "param", "exact", "mean", "var", "stderr", "z"]
 

@@ -16,11 +16,17 @@ from torch import Tensor
 
 from bench.errors import ConfigError
 from bench.stats import empty_moments, fold, summarize
-from estimators.base import Estimator
+from estimators.base import Estimator, FitReport
 from problems.base import Params, Problem
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 MAX_BATCH = 1 << 16
+# Seeds of the cell's random streams. The main stream (the problem's noise) is seeded with ``seed``
+# itself, so every estimator on a problem sees the same samples; the others are independent of it.
+WARMUP_STREAM = 0x5EED
+AUX_STREAM = 1 << 40  # extra noise an estimator draws beside the problem's (a conditional z̃, ...)
+FIT_STREAM = 2 << 40  # the fit stage's problem noise: never the measurement's
+FIT_AUX_STREAM = 3 << 40
 
 
 @dataclass
@@ -187,22 +193,34 @@ def run_cell(
     if batch_size < 1:
         raise ConfigError("batch_size", f"expected auto or an integer >= 1, got {batch_size}")
 
-    def estimate_batch(generator: torch.Generator, size: int) -> Tensor:
-        noise = problem.noise(generator, (size, n_samples), torch_dtype)
-        return flatten(estimator.estimate(problem, params, noise), size)  # (size, P)
+    def stream(offset: int) -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(seed + offset)
 
-    warmup = torch.Generator(device=device).manual_seed(seed + 0x5EED)
-    estimate_batch(warmup, min(batch_size, 64))
+    def draw(generator: torch.Generator, aux: torch.Generator, size: int) -> Any:
+        return estimator.make_noise(problem, generator, aux, (size, n_samples), torch_dtype)
+
+    def estimate_batch(generator: torch.Generator, aux: torch.Generator, size: int) -> Tensor:
+        return flatten(estimator.estimate(problem, params, draw(generator, aux, size)), size)  # (size, P)
+
+    report, fit_seconds = FitReport(), 0.0
+    if estimator.has_fit:
+        fit_generator, fit_aux = stream(FIT_STREAM), stream(FIT_AUX_STREAM)
+        tic = time.perf_counter()
+        report = estimator.fit(problem, params, lambda size: draw(fit_generator, fit_aux, size))
+        synchronize(device)
+        fit_seconds = time.perf_counter() - tic
+
+    estimate_batch(stream(WARMUP_STREAM), stream(WARMUP_STREAM + AUX_STREAM), min(batch_size, 64))
     synchronize(device)
 
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator, aux_generator = stream(0), stream(AUX_STREAM)
     moments = empty_moments(len(names), device)
     elapsed = 0.0
     done = 0
     while done < n_estimates:
         size = min(batch_size, n_estimates - done)
         tic = time.perf_counter()
-        batch = estimate_batch(generator, size)
+        batch = estimate_batch(generator, aux_generator, size)
         synchronize(device)
         elapsed += time.perf_counter() - tic
         if not torch.isfinite(batch).all():
@@ -231,6 +249,9 @@ def run_cell(
         snr=summary.snr,
         estimates_per_s=n_estimates / elapsed if elapsed > 0 else math.inf,
         seconds=time.perf_counter() - started,
+        fit_seconds=fit_seconds if estimator.has_fit else None,
+        fit_steps=report.steps if estimator.has_fit else None,
+        fitted=json.dumps(report.fitted) if report.fitted else None,
     )
     dims = [
         {"param": name, "exact": e, "mean": m, "var": v, "stderr": s, "z": z}

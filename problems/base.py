@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from bench.errors import ConfigError
+from problems import latent
 
 Params = dict[str, Tensor]
 Sample = Any  # a Tensor or a tuple of Tensors (a pytree vmap can carry)
@@ -38,6 +39,13 @@ class Problem(ABC):
       has_enumerate_support: the outcomes are finite; ``enumerate_outcomes`` lists them, so exact
         expectations (and moments of single-sample estimators) follow by enumeration.
       sequential: ``step_log_probs``/``step_rewards`` expose per-step terms (reward-to-go).
+      binary_latent: x is independent bits b ~ Bernoulli(σ(φ)) with φ = ``logits(params)`` (*latent)
+        and noise u ~ U(0,1) of that shape, b = 1[φ + logistic(u) > 0] (see ``problems.latent``).
+      categorical_latent: x is independent one-hot categoricals, φ = ``logits(params)``
+        (*variables, K), noise u ~ U(0,1) of that shape, x = onehot(argmax(φ + Gumbel(u))).
+      gaussian_latent: x = μ + σ ε with (μ, σ) = ``loc_scale(params)`` and noise ε ~ N(0, I).
+    With a latent flag, ``preimage``/``hard``/``conditional_preimage``/``relax`` give estimators
+    the continuous pre-image z of the sample and z̃ ~ p(z | x) from the same noise.
     """
 
     name: ClassVar[str] = ""
@@ -46,6 +54,9 @@ class Problem(ABC):
     has_relaxed_cost: ClassVar[bool] = False
     has_enumerate_support: ClassVar[bool] = False
     sequential: ClassVar[bool] = False
+    binary_latent: ClassVar[bool] = False
+    categorical_latent: ClassVar[bool] = False
+    gaussian_latent: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -118,6 +129,47 @@ class Problem(ABC):
     def step_rewards(self, params: Params, x: Sample) -> Tensor:
         """Per-step discounted terms γ^t r_t that sum to ``cost``: (*batch, T) (``sequential``)."""
         raise NotImplementedError(f"{self.name} is not sequential")
+
+    # --- latent access (binary_latent, categorical_latent, gaussian_latent) -------------------
+    def logits(self, params: Params) -> Tensor:
+        """φ, differentiable in ``params``: (*latent) for bits, (*variables, K) for categoricals."""
+        raise NotImplementedError(f"{self.name} has no discrete latent with logits")
+
+    def loc_scale(self, params: Params) -> tuple[Tensor, Tensor]:
+        """(μ, σ), each (*latent), differentiable in ``params`` (``gaussian_latent``)."""
+        raise NotImplementedError(f"{self.name} has no Gaussian latent")
+
+    def preimage(self, params: Params, noise: Tensor) -> Tensor:
+        """The continuous z behind the sample: φ + logistic(u) or φ + Gumbel(u), differentiable in θ."""
+        if self.binary_latent:
+            return latent.binary_preimage(self.logits(params), noise)
+        if self.categorical_latent:
+            return latent.categorical_preimage(self.logits(params), noise)
+        raise NotImplementedError(f"{self.name} has no discrete latent with logits")
+
+    def hard(self, z: Tensor) -> Tensor:
+        """H(z): the hard sample of a pre-image; ``hard(preimage(θ, u)) == sample(θ, u)``."""
+        if self.binary_latent:
+            return latent.binary_hard(z)
+        if self.categorical_latent:
+            return latent.categorical_hard(z)
+        raise NotImplementedError(f"{self.name} has no discrete latent with logits")
+
+    def conditional_preimage(self, params: Params, x: Tensor, noise: Tensor) -> Tensor:
+        """z̃ ~ p(z | H(z) = x) from fresh uniforms ``noise``, differentiable in θ."""
+        if self.binary_latent:
+            return latent.binary_conditional(self.logits(params), x, noise)
+        if self.categorical_latent:
+            return latent.categorical_conditional(self.logits(params), x, noise)
+        raise NotImplementedError(f"{self.name} has no discrete latent with logits")
+
+    def relax(self, z: Tensor, temperature: Tensor | float) -> Tensor:
+        """The relaxed sample of a pre-image: σ(z/τ) or softmax(z/τ); ``relaxed_cost`` takes it."""
+        if self.binary_latent:
+            return latent.binary_relaxed(z, temperature)
+        if self.categorical_latent:
+            return latent.categorical_relaxed(z, temperature)
+        raise NotImplementedError(f"{self.name} has no discrete latent with logits")
 
     # --- helpers ----------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:

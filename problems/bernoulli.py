@@ -24,6 +24,7 @@ class Bernoulli(Problem):
     discrete = True
     has_relaxed_cost = True
     has_enumerate_support = True
+    binary_latent = True
 
     def __init__(
         self,
@@ -45,6 +46,9 @@ class Bernoulli(Problem):
     def noise(self, generator: torch.Generator, batch: tuple[int, ...], dtype: torch.dtype) -> Tensor:
         return open_uniform(generator, (*batch, self.dim), dtype, self.device)  # (*batch, D)
 
+    def logits(self, params: Params) -> Tensor:
+        return params["theta"]  # (D,)
+
     def sample(self, params: Params, noise: Tensor) -> Tensor:
         probs = torch.sigmoid(params["theta"].detach())
         return (noise > 1.0 - probs).to(noise.dtype)  # (*batch, D)
@@ -57,8 +61,7 @@ class Bernoulli(Problem):
         return ((x - self.target.to(x.dtype)) ** 2).sum(-1)
 
     def relaxed_sample(self, params: Params, noise: Tensor, temperature: float) -> Tensor:
-        logistic = torch.log(noise) - torch.log1p(-noise)
-        return torch.sigmoid((params["theta"] + logistic) / temperature)
+        return self.relax(self.preimage(params, noise), temperature)
 
     def relaxed_cost(self, params: Params, y: Tensor) -> Tensor:
         return self.cost(params, y)

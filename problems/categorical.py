@@ -31,6 +31,7 @@ class Categorical(Problem):
     discrete = True
     has_relaxed_cost = True
     has_enumerate_support = True
+    categorical_latent = True
 
     def __init__(
         self,
@@ -60,15 +61,11 @@ class Categorical(Problem):
     def noise(self, generator: torch.Generator, batch: tuple[int, ...], dtype: torch.dtype) -> Tensor:
         return open_uniform(generator, (*batch, self.num_categories), dtype, self.device)  # (*batch, K)
 
-    def _perturbed_logits(self, theta: Tensor, noise: Tensor) -> Tensor:
-        gumbel = -torch.log(-torch.log(noise))
-        return theta + gumbel  # (*batch, K)
+    def logits(self, params: Params) -> Tensor:
+        return params["theta"]  # (K,)
 
     def sample(self, params: Params, noise: Tensor) -> Tensor:
-        perturbed = self._perturbed_logits(params["theta"].detach(), noise)
-        winner = perturbed.argmax(-1, keepdim=True)  # (*batch, 1)
-        categories = torch.arange(self.num_categories, device=noise.device)
-        return (categories == winner).to(noise.dtype)  # one-hot (*batch, K)
+        return self.hard(self.preimage({"theta": params["theta"].detach()}, noise))  # one-hot (*batch, K)
 
     def log_prob(self, params: Params, x: Tensor) -> Tensor:
         return (x * torch.log_softmax(params["theta"], -1)).sum(-1)
@@ -80,7 +77,7 @@ class Categorical(Problem):
         return value
 
     def relaxed_sample(self, params: Params, noise: Tensor, temperature: float) -> Tensor:
-        return torch.softmax(self._perturbed_logits(params["theta"], noise) / temperature, -1)
+        return self.relax(self.preimage(params, noise), temperature)
 
     def relaxed_cost(self, params: Params, y: Tensor) -> Tensor:
         return self.cost(params, y)

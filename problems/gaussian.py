@@ -53,6 +53,7 @@ class Gaussian(Problem):
     name = "gaussian"
     discrete = False
     has_rsample = True
+    gaussian_latent = True
 
     def __init__(
         self,
@@ -80,6 +81,9 @@ class Gaussian(Problem):
     def noise(self, generator: torch.Generator, batch: tuple[int, ...], dtype: torch.dtype) -> Tensor:
         shape = (*batch, self.mu.numel())
         return torch.randn(shape, generator=generator, dtype=dtype, device=self.device)  # (*batch, D)
+
+    def loc_scale(self, params: Params) -> tuple[Tensor, Tensor]:
+        return params["mu"], params["sigma"]  # (D,) each
 
     def rsample(self, params: Params, noise: Tensor) -> Tensor:
         return params["mu"] + params["sigma"] * noise

@@ -390,6 +390,7 @@ class VAEBernoulli(DigitsVAE):
     has_rsample = False
     has_relaxed_cost = True
     has_enumerate_support = False
+    binary_latent = True
     max_latent_dim = MAX_BERNOULLI_LATENT
 
     @property
@@ -424,6 +425,9 @@ class VAEBernoulli(DigitsVAE):
     def noise(self, generator: torch.Generator, batch: tuple[int, ...], dtype: torch.dtype) -> Tensor:
         return open_uniform(generator, (*batch, self.batch_size, self.latent_dim), dtype, self.device)
 
+    def logits(self, params: Params) -> Tensor:
+        return self.encode(params)  # (B, L)
+
     def sample(self, params: Params, noise: Tensor) -> Tensor:
         probs = torch.sigmoid(self.encode(params).detach())  # (B, L)
         return (noise > 1.0 - probs).to(noise.dtype)  # (*batch, B, L)
@@ -432,8 +436,7 @@ class VAEBernoulli(DigitsVAE):
         return bernoulli_log_prob(self.encode(params), x).sum((-2, -1))  # (*batch,)
 
     def relaxed_sample(self, params: Params, noise: Tensor, temperature: float) -> Tensor:
-        logistic = torch.log(noise) - torch.log1p(-noise)  # (*batch, B, L)
-        return torch.sigmoid((self.encode(params) + logistic) / temperature)
+        return self.relax(self.preimage(params, noise), temperature)  # (*batch, B, L)
 
     def relaxed_cost(self, params: Params, y: Tensor) -> Tensor:
         return self.cost(params, y)
@@ -464,6 +467,7 @@ class VAEGaussian(DigitsVAE):
     has_rsample = True
     has_relaxed_cost = False
     has_enumerate_support = False
+    gaussian_latent = True
 
     def __init__(
         self,
@@ -523,9 +527,13 @@ class VAEGaussian(DigitsVAE):
         shape = (*batch, self.batch_size, self.latent_dim)
         return torch.randn(shape, generator=generator, dtype=dtype, device=self.device)
 
+    def loc_scale(self, params: Params) -> tuple[Tensor, Tensor]:
+        mu, log_sigma = self.moments(self.encode(params))
+        return mu, torch.exp(log_sigma)  # (B, L) each
+
     def rsample(self, params: Params, noise: Tensor) -> Tensor:
-        mu, log_sigma = self.moments(self.encode(params))  # (B, L) each
-        return mu + torch.exp(log_sigma) * noise  # (*batch, B, L)
+        mu, sigma = self.loc_scale(params)  # (B, L) each
+        return mu + sigma * noise  # (*batch, B, L)
 
     def sample(self, params: Params, noise: Tensor) -> Tensor:
         return self.rsample({name: value.detach() for name, value in params.items()}, noise)

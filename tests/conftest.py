@@ -20,6 +20,19 @@ def make(group: str, name: str, **overrides):
     return build(group, name, {**default_config(group, name), **overrides})
 
 
+FAST_TRAIN_STEPS = 30
+
+
+def make_for_tests(group: str, name: str, **overrides):
+    """Like ``make``, but a trained estimator trains for at most FAST_TRAIN_STEPS steps, so the
+    generic suites can include it at a small cost (its statistical guarantees do not depend on
+    how well it is trained: the fitted state is frozen before measuring)."""
+    defaults = default_config(group, name)
+    if group == "estimator" and isinstance(defaults.get("train_steps"), int):
+        overrides = {"train_steps": min(defaults["train_steps"], FAST_TRAIN_STEPS), **overrides}
+    return make(group, name, **overrides)
+
+
 @pytest.fixture
 def tmp_out(tmp_path: Path) -> Path:
     return tmp_path / "out"

@@ -21,7 +21,7 @@ from bench.sweep import default_config, group_options
 from estimators.base import Estimator, detached, score_function_surrogate
 from problems.bernoulli import Bernoulli
 from problems.categorical import Categorical
-from tests.conftest import make
+from tests.conftest import make, make_for_tests
 
 ALPHA = 1e-3
 N_ESTIMATES = 20_000
@@ -33,7 +33,7 @@ def unbiased_cases() -> list[tuple[str, str]]:
     for problem_name in group_options("problem"):
         problem = make("problem", problem_name)
         for estimator_name in sorted(estimators.REGISTRY):
-            estimator = make("estimator", estimator_name)
+            estimator = make_for_tests("estimator", estimator_name)
             if estimator.unbiased and estimator.why_not(problem, N_SAMPLES) is None:
                 cases.append((problem_name, estimator_name))
     return cases
@@ -44,9 +44,8 @@ def unbiased_cases() -> list[tuple[str, str]]:
 def test_declared_unbiased_estimator_is_unbiased(problem_name, estimator_name):
     # α = 1e-3 family-wise over dimensions (see module docstring).
     problem = make("problem", problem_name)
-    result = run_cell(
-        problem, make("estimator", estimator_name), n_samples=N_SAMPLES, n_estimates=N_ESTIMATES, seed=11
-    )
+    estimator = make_for_tests("estimator", estimator_name)
+    result = run_cell(problem, estimator, n_samples=N_SAMPLES, n_estimates=N_ESTIMATES, seed=11)
     assert result.row["status"] == "ok"
     assert result.row["bias_pvalue"] > ALPHA, result.row
 
