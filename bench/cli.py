@@ -1,25 +1,34 @@
-"""``python -m bench {sweep,list,plot}``."""
+"""``bench {sweep,list,plot,compare}`` (also ``python -m bench ...``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-USAGE = """python -m bench sweep [hydra overrides...]   run the grid (default: conf/config.yaml)
-       python -m bench list                          problems, estimators, and which pairs apply
-       python -m bench plot RESULTS_DIR              redraw the plots from saved tables"""
+USAGE = """bench sweep [KEY=VALUE ...]              run a grid (bench sweep --help lists the keys)
+       bench list                              problems and estimators: keys, defaults, which pairs apply
+       bench plot RESULTS_DIR                  redraw the plots from a sweep's tables
+       bench compare BASELINE_DIR NEW_DIR      compare two sweeps cell by cell (exit 5 on a regression)"""
 
 
-FLAGS = ["discrete", "has_rsample", "has_relaxed_cost", "has_enumerate_support", "sequential"]
+FLAGS = [
+    "discrete", "has_rsample", "has_relaxed_cost", "has_enumerate_support", "sequential", "binary_latent",
+    "categorical_latent", "gaussian_latent",
+]  # fmt: skip
 
 
-def describe_group(group: str, details: Callable[[type], str]) -> tuple[list[str], dict[str, Any]]:
-    """A listing of one registry (name, docstring's first sentence, ``details``) and its members
-    built from their YAML defaults."""
-    from bench.sweep import REGISTRIES, build, default_config, group_options
+def format_value(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def describe_group(group: str) -> tuple[list[str], dict[str, Any]]:
+    """A listing of one registry: name, the docstring's first sentence, flags or declarations, and
+    every key with its YAML default and comment; plus the members built from their defaults."""
+    from bench.registry import CONF_DIR, REGISTRIES, build, default_config, group_options, yaml_comments
 
     lines, built = [f"{group}s:"], {}
     for name in group_options(group):
@@ -27,29 +36,34 @@ def describe_group(group: str, details: Callable[[type], str]) -> tuple[list[str
         if cls is None:
             lines.append(f"  {name:<18} (conf/{group}/{name}.yaml has no registered class)")
             continue
-        built[name] = build(group, name, default_config(group, name))
+        defaults = default_config(group, name)
+        built[name] = build(group, name, defaults)
         lines.append(f"  {name:<18} {first_sentence(cls.__doc__)}")
-        lines.append(f"  {'':<18} {details(cls)}")
+        if group == "problem":
+            lines.append(f"  {'':<18} flags: {', '.join(f for f in FLAGS if getattr(cls, f)) or 'none'}")
+        else:
+            lines.append(
+                f"  {'':<18} {'unbiased' if cls.unbiased else 'biased'}; requires "
+                f"{', '.join(cls.requires) or 'nothing'}; n_samples >= {cls.min_samples}; "
+                f"cost evals at n_samples=4: {built[name].cost_evals(4)}"
+                + ("; fitted before measuring" if cls.has_fit else "")
+            )
+        comments = yaml_comments(CONF_DIR / group / f"{name}.yaml")
+        for key, value in defaults.items():
+            comment = f"  # {comments[key]}" if key in comments else ""
+            lines.append(f"  {'':<18}   {group}.{key}={format_value(value)}{comment}")
     return lines, built
 
 
 def list_registry() -> str:
-    problem_lines, problems = describe_group(
-        "problem", lambda cls: f"flags: {', '.join(f for f in FLAGS if getattr(cls, f)) or 'none'}"
-    )
-    estimator_lines, estimators = describe_group(
-        "estimator",
-        lambda cls: (
-            f"{'unbiased' if cls.unbiased else 'biased'}; requires {', '.join(cls.requires) or 'nothing'}; "
-            f"n_samples >= {cls.min_samples}"
-        ),
-    )
-    lines = [*problem_lines, *estimator_lines, "applicability (problem × estimator):"]
+    problem_lines, problems = describe_group("problem")
+    estimator_lines, estimators = describe_group("estimator")
+    lines = [*problem_lines, "", *estimator_lines, "", "applicability (problem × estimator):"]
     for problem_name, problem in problems.items():
         for estimator_name, estimator in estimators.items():
-            reason = estimator.why_not(problem, estimator.min_samples)
+            reason = estimator.why_not(problem, max(estimator.min_samples, 2))
             verdict = "yes" if reason is None else f"no: {reason}"
-            lines.append(f"  {problem_name:<14} {estimator_name:<18} {verdict}")
+            lines.append(f"  {problem_name:<16} {estimator_name:<18} {verdict}")
     return "\n".join(lines)
 
 
@@ -60,21 +74,19 @@ def first_sentence(doc: str | None, width: int = 100) -> str:
 
 def plot(directory: Path) -> int:
     from bench import plots
-    from bench.output import merge, read_metadata, read_tables, run_metadata
+    from bench.output import finished_cells, merge, read_metadata, read_tables, run_metadata
 
     if not directory.is_dir():
         print(f"bench plot: {directory} is not a directory", file=sys.stderr)
         return 2
-    if not (directory / "cells.parquet").exists() and (directory / "cells").is_dir():
-        merge(directory, run_metadata(None))  # an interrupted sweep: merge the cells it finished
+    if not (directory / "cells.parquet").exists() and finished_cells(directory):
+        merge(directory, run_metadata(None))  # a sweep killed before its merge: merge what finished
     try:
         cells, _dims, metadata = read_tables(directory)
     except FileNotFoundError as error:
         print(f"bench plot: {error}", file=sys.stderr)
         return 2
-    written = plots.draw_all(
-        cells, directory / "plots", metadata or read_metadata(directory / "cells.parquet")
-    )
+    written = plots.draw_all(cells, directory / "plots", metadata or read_metadata(directory / "cells.parquet"))
     for path in written:
         print(path)
     if not written:
@@ -84,8 +96,8 @@ def plot(directory: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m bench", usage=USAGE)
-    parser.add_argument("command", choices=["sweep", "list", "plot"])
+    parser = argparse.ArgumentParser(prog="bench", usage=USAGE)
+    parser.add_argument("command", choices=["sweep", "list", "plot", "compare"])
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         sys.exit(0 if argv else 2)
@@ -102,4 +114,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if len(rest) != 1:
             parser.error("plot takes one argument: the sweep directory")
         sys.exit(plot(Path(rest[0])))
+    if command == "compare":
+        from bench.compare import main as compare_main
+
+        sys.exit(compare_main(rest))
     parser.parse_args([command])  # an unknown command: argparse lists the valid choices

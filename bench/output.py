@@ -1,80 +1,243 @@
 """The public tables: per-cell files written atomically, merged into cells.parquet and dims.parquet.
 
 Layout of a sweep directory ``out``:
-  out/cells/<cell>.parquet        one row per finished cell (written when the cell completes)
-  out/cells/<cell>.dims.parquet   its per-dimension rows
-  out/cells.parquet, out/dims.parquet   the merged tables (rewritten at the end of a sweep)
-  out/plots/*.png
-Run metadata (git commit, torch version, device, date, config) is JSON in the parquet schema
-metadata under the key ``bench``.
+  out/cells.parquet, out/dims.parquet   the sweep's tables: exactly the cells of the sweep that wrote
+                                        them (reused or new), rewritten at its end
+  out/summary.txt                       the summary printed at the end
+  out/plots/                            PNG plots, and SVG copies for papers
+  out/.bench/cells/<cell>.parquet       one finished cell's row (written when the cell completes;
+  out/.bench/cells/<cell>.dims.parquet  resume reads them) and its per-dimension rows
+  out/.bench/sweep.json                 the running sweep: its cells, start time, time limit
+  out/.bench/multirun.yaml              the Hydra config of the last sweep into ``out``
+  out/.bench/jobs/                      Hydra's job directory (Hydra requires one; nothing is kept in it)
+Run metadata (bench version, git commit, torch version, device, CPU, threads, date, config) is JSON in
+the parquet schema metadata under the key ``bench``.
+
+Column types never depend on which cells a sweep holds: fixed columns have fixed types
+(``COLUMN_TYPES``), and each config column's type comes from the registry (``config_schema``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
+import math
 import os
 import platform
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
 METADATA_KEY = b"bench"
-# Columns every cells.parquet row has, in order; config columns follow.
-CELL_COLUMNS = [
-    "cell", "problem", "estimator", "status", "reason", "unbiased", "n_samples", "n_estimates", "seed",
-    "device", "dtype", "n_params", "cost_evals", "batch_size", "variance", "bias_norm", "mse",
-    "exact_norm", "cosine", "bias_z_max", "bias_pvalue", "snr", "estimates_per_s", "seconds", "fit_seconds", "fit_steps", "fitted",
+SCRATCH = ".bench"
+CONFIG_JSON = {"problem": "_problem_config", "estimator": "_estimator_config"}
+
+# Every cells.parquet column before the config columns, with its pandas dtype.
+COLUMN_TYPES: dict[str, str] = {
+    "cell": "string", "problem": "string", "estimator": "string", "status": "string", "reason": "string",
+    "unbiased": "boolean", "conformance": "string", "n_samples": "Int64", "n_estimates": "Int64",
+    "seed": "Int64", "device": "string", "dtype": "string", "threads": "Int64", "load_avg": "float64",
+    "n_params": "Int64", "cost_evals": "Int64", "batch_size": "Int64",
+    "variance": "float64", "variance_stderr": "float64", "variance_ci_low": "float64",
+    "variance_ci_high": "float64", "work_variance": "float64", "work_variance_ci_low": "float64",
+    "work_variance_ci_high": "float64", "time_variance": "float64", "reference": "string",
+    "variance_ratio": "float64", "variance_ratio_ci_low": "float64", "variance_ratio_ci_high": "float64",
+    "work_ratio": "float64", "work_ratio_ci_low": "float64", "work_ratio_ci_high": "float64",
+    "bias_norm": "float64", "mse": "float64", "exact_norm": "float64", "cosine": "float64",
+    "bias_z_max": "float64", "bias_pvalue": "float64", "bias_resolution": "float64", "snr": "float64",
+    "skewness_max": "float64", "kurtosis_max": "float64", "clt_ok": "boolean",
+    "estimates_per_s": "float64", "cpu_seconds": "float64", "seconds": "float64",
+    "fit_seconds": "float64", "fit_steps": "Int64", "fitted": "string",
+}  # fmt: skip
+CELL_COLUMNS = list(COLUMN_TYPES)
+# Columns decided over the whole sweep when the tables are merged, not stored per cell.
+DERIVED_COLUMNS = [
+    "conformance", "work_variance", "work_variance_ci_low", "work_variance_ci_high", "time_variance",
+    "reference", "variance_ratio", "variance_ratio_ci_low", "variance_ratio_ci_high", "work_ratio",
+    "work_ratio_ci_low", "work_ratio_ci_high",
 ]  # fmt: skip
-DIM_COLUMNS = ["cell", "problem", "estimator", "param", "exact", "mean", "var", "stderr", "z"]
+SETTING_COLUMNS = ["n_samples", "n_estimates", "seed", "dtype"]
+DIM_TYPES: dict[str, str] = {
+    "param": "string", "exact": "float64", "mean": "float64", "var": "float64", "stderr": "float64",
+    "z": "float64", "var_stderr": "float64", "skewness": "float64", "kurtosis": "float64",
+}  # fmt: skip
+DIM_KEYS = ["cell", "problem", "estimator", *SETTING_COLUMNS]
 
 
-def config_columns(
-    problem_config: Mapping[str, Any], estimator_config: Mapping[str, Any]
-) -> dict[str, dict[str, Any]]:
-    """One column per problem/estimator config value, as {"problem": {...}, "estimator": {...}};
-    lists become JSON text. A name that clashes with a fixed column (or between the two groups) is
-    prefixed with ``problem.``/``estimator.``."""
-    columns: dict[str, dict[str, Any]] = {"problem": {}, "estimator": {}}
+def scratch(out: Path) -> Path:
+    """Where per-cell files and Hydra's bookkeeping live, out of the user's way."""
+    return out / SCRATCH
+
+
+def cell_paths(out: Path, cell: str) -> tuple[Path, Path]:
+    folder = scratch(out) / "cells"
+    return folder / f"{cell}.parquet", folder / f"{cell}.dims.parquet"
+
+
+# --- config columns -------------------------------------------------------------------------------
+def value_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "Int64"
+    if isinstance(value, float):
+        return "float64"
+    if isinstance(value, str):
+        return "text"
+    return "json"
+
+
+def merged_kind(kinds: set[str]) -> str:
+    """One pandas dtype for a key from the kinds of its values across the registry."""
+    if kinds <= {"Int64"}:
+        return "Int64"
+    if kinds <= {"Int64", "float64"}:
+        return "float64"
+    if kinds == {"boolean"}:
+        return "boolean"
+    return "string"  # text, JSON text, or a mix: stored as text, lists as JSON
+
+
+@functools.cache
+def config_schema() -> dict[tuple[str, str], tuple[str, str]]:
+    """(group, key) → (column name, pandas dtype) for every key of every registered problem and
+    estimator, from their defaults (conf YAML, normalized by the constructor's ``config()``).
+
+    Registry-wide, so no sweep changes a column's name or type. A key that two groups share
+    (``hidden``, ``train_steps``) or that clashes with a fixed column is written as
+    ``problem.<key>``/``estimator.<key>`` in both groups.
+    """
+    from bench.registry import GROUPS, build, default_config, group_options
+
+    kinds: dict[tuple[str, str], set[str]] = {}
+    for group in GROUPS:
+        for name in group_options(group):
+            try:
+                config = build(group, name, default_config(group, name)).config()
+            except Exception:  # a broken member must not take every table down; its keys fall back
+                config = default_config(group, name)
+            for key, value in config.items():
+                kinds.setdefault((group, key), set()).add(value_kind(value))
+    keys_by_group = {group: {key for g, key in kinds if g == group} for group in GROUPS}
+    shared = keys_by_group["problem"] & keys_by_group["estimator"]
+    schema = {}
+    for (group, key), found in kinds.items():
+        prefixed = key in shared or key in COLUMN_TYPES or key in DIM_TYPES or key in DIM_KEYS
+        schema[(group, key)] = (f"{group}.{key}" if prefixed else key, merged_kind(found))
+    return schema
+
+
+def config_column(group: str, key: str, value: Any) -> tuple[str, str]:
+    """The column name and dtype for one config key (keys unknown to the registry: by value)."""
+    schema = config_schema()
+    if (group, key) in schema:
+        return schema[(group, key)]
+    kind = value_kind(value)
+    return f"{group}.{key}", "string" if kind in ("text", "json") else kind
+
+
+def coerce(value: Any, dtype: str) -> Any:
+    if value is None:
+        return None
+    if dtype == "string":
+        return value if isinstance(value, str) else json.dumps(value)
+    if dtype == "float64":
+        return float(value)
+    return value
+
+
+COMPATIBLE = {"Int64": {"Int64"}, "float64": {"Int64", "float64"}, "boolean": {"boolean"}}
+
+
+def config_values(problem_config: Mapping[str, Any], estimator_config: Mapping[str, Any]) -> dict[str, Any]:
+    """{column: value} for one cell's configs, each value in its column's type. A value that does
+    not fit its column's type (a list where the registry's default is a number) goes to its own
+    JSON-text column ``<column>_json``, so no column ever changes type."""
+    values = {}
     for group, config in (("problem", problem_config), ("estimator", estimator_config)):
         for key, value in config.items():
-            clash = key in CELL_COLUMNS or key in columns["problem"]
-            name = f"{group}.{key}" if clash else key
-            columns[group][name] = (
-                value if isinstance(value, (bool, int, float, str)) or value is None else (json.dumps(value))
-            )
-    return columns
+            column, dtype = config_column(group, key, value)
+            if value is not None and dtype in COMPATIBLE and value_kind(value) not in COMPATIBLE[dtype]:
+                column, dtype = f"{column}_json", "string"
+            values[column] = coerce(value, dtype)
+    return values
+
+
+def config_dtypes() -> dict[str, str]:
+    """Every config column of the registry and its dtype."""
+    return dict(config_schema().values())
+
+
+# --- metadata -------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; elsewhere what platform reports)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def git_commit() -> str | None:
+    """The commit of bench's source tree, when it runs from a git checkout (None when installed)."""
+    source = Path(__file__).resolve().parent.parent
+    if not (source / ".git").exists():
+        return None
+    try:
+        run = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return run.stdout.strip() or None
 
 
 def run_metadata(config: Any = None) -> dict[str, Any]:
-    """Provenance for a table: git commit (if any), torch version, device name, date, config."""
+    """Provenance for a table: versions, commit, device, CPU and cores, threads, date, config."""
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    device_name = (
-        torch.cuda.get_device_name()
-        if torch.cuda.is_available()
-        else (platform.processor() or platform.machine())
-    )
+        bench_version = version("bench")
+    except PackageNotFoundError:
+        bench_version = None
+    cuda = torch.cuda.is_available()
     return {
-        "git_commit": commit,
+        "bench_version": bench_version,
+        "git_commit": git_commit(),
         "torch_version": torch.__version__,
-        "device_name": device_name,
+        "python_version": platform.python_version(),
+        "device_name": torch.cuda.get_device_name() if cuda else cpu_model(),
+        "cpu": cpu_model(),
+        "gpu": torch.cuda.get_device_name() if cuda else None,
+        "cpu_count": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "torch_threads": torch.get_num_threads(),
+        "hostname": platform.node(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "config": config,
     }
 
 
+# --- files ----------------------------------------------------------------------------------------
 def write_parquet_atomic(frame: pd.DataFrame, path: Path, metadata: Mapping[str, Any]) -> None:
     """Write ``frame`` to ``path`` via a temporary file and os.replace: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,6 +258,19 @@ def write_parquet_atomic(frame: pd.DataFrame, path: Path, metadata: Mapping[str,
         raise
 
 
+def write_text_atomic(text: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 def read_metadata(path: Path) -> dict[str, Any]:
     metadata = pq.read_schema(path).metadata or {}
     return json.loads(metadata.get(METADATA_KEY, b"{}"))
@@ -104,78 +280,216 @@ def write_cell(
     out: Path,
     row: Mapping[str, Any],
     dims: list[Mapping[str, Any]],
-    columns: Mapping[str, Mapping[str, Any]],
+    configs: Mapping[str, Mapping[str, Any]],
     metadata: Mapping[str, Any],
 ) -> None:
-    """Write one finished cell's row (with its config ``columns`` from ``config_columns``) and its
-    dimension rows."""
+    """Write one finished cell's row and its dimension rows under out/.bench/cells/.
+
+    ``configs`` = {"problem": {...}, "estimator": {...}} is kept as JSON beside the row, so the
+    merge types the config columns by the registry's schema at merge time.
+    """
     cell = row["cell"]
-    config = {**columns["problem"], **columns["estimator"]}
-    full_row = {column: row.get(column) for column in CELL_COLUMNS} | config
-    meta = {
-        **metadata,
-        "problem_columns": list(columns["problem"]),
-        "estimator_columns": list(columns["estimator"]),
-    }
-    dims_frame = pd.DataFrame(
-        [
-            {"cell": cell, "problem": row["problem"], "estimator": row["estimator"], **config, **dim}
-            for dim in dims
-        ],
-        columns=["cell", "problem", "estimator", *config, *DIM_COLUMNS[3:]],
-    )
+    full_row = {column: row.get(column) for column in CELL_COLUMNS if column not in DERIVED_COLUMNS}
+    full_row.update({CONFIG_JSON[group]: json.dumps(configs[group]) for group in CONFIG_JSON})
+    keys = {column: row.get(column) for column in DIM_KEYS}
+    dims_frame = pd.DataFrame([{**keys, **dim} for dim in dims], columns=[*DIM_KEYS, *DIM_TYPES])
+    row_path, dims_path = cell_paths(out, cell)
     # dims first: a cell row on disk promises its dims are there too.
-    write_parquet_atomic(dims_frame, out / "cells" / f"{cell}.dims.parquet", meta)
-    write_parquet_atomic(pd.DataFrame([full_row]), out / "cells" / f"{cell}.parquet", meta)
+    write_parquet_atomic(dims_frame, dims_path, metadata)
+    write_parquet_atomic(pd.DataFrame([full_row]), row_path, metadata)
 
 
-def unify_config_column(values: pd.Series) -> pd.Series:
-    """A config column holds numbers or text; mixed cells (a list here, a number there) become text."""
-    present = values.dropna()
-    if present.map(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)).all():
-        return pd.to_numeric(values)
-    if present.map(lambda v: isinstance(v, bool)).all():
-        return values
-    return values.map(lambda v: v if v is None or isinstance(v, str) else json.dumps(v))
+def finished_cells(out: Path) -> dict[str, Path]:
+    """Every cell id with a row file under out/.bench/cells."""
+    folder = scratch(out) / "cells"
+    if not folder.is_dir():
+        return {}
+    return {
+        path.name.removesuffix(".parquet"): path
+        for path in folder.glob("*.parquet")
+        if not path.name.endswith(".dims.parquet") and not path.name.startswith(".")
+    }
 
 
-def merge(out: Path, metadata: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Merge every per-cell file under ``out/cells`` into out/cells.parquet and out/dims.parquet."""
-    cell_files = sorted(p for p in (out / "cells").glob("*.parquet") if not p.name.endswith(".dims.parquet"))
-    if not cell_files:
-        raise FileNotFoundError(f"no finished cells under {out / 'cells'}")
-    groups: dict[str, list[str]] = {"problem_columns": [], "estimator_columns": []}
-    cell_frames, dim_frames = [], []
-    for path in cell_files:
-        cell_metadata = read_metadata(path)
-        for group, names in groups.items():
-            names.extend(name for name in cell_metadata.get(group, []) if name not in names)
-        cell_frames.append(pd.read_parquet(path))
-        dims_path = path.with_name(path.name.removesuffix(".parquet") + ".dims.parquet")
+def read_cell_row(out: Path, cell: str) -> dict[str, Any] | None:
+    """One cell's stored row (None if it is missing or unreadable)."""
+    path, _ = cell_paths(out, cell)
+    try:
+        return pd.read_parquet(path).iloc[0].to_dict()
+    except (OSError, ValueError, IndexError, pa.ArrowException):
+        return None
+
+
+# --- merging --------------------------------------------------------------------------------------
+def typed(frame: pd.DataFrame, types: Mapping[str, str]) -> pd.DataFrame:
+    """``frame`` with every column in ``types`` present (null where missing) and of that dtype."""
+    frame = frame.copy()
+    for column, dtype in types.items():
+        values = frame[column] if column in frame else pd.Series([None] * len(frame), index=frame.index)
+        values = values.astype(object).where(values.notna(), None)
+        frame[column] = pd.array(values.tolist(), dtype=dtype) if len(values) else pd.array([], dtype=dtype)
+    return frame
+
+
+def config_frame(raw: pd.Series) -> pd.DataFrame:
+    """Config columns from the per-cell JSON configs, typed by the registry's schema."""
+    rows = [
+        config_values(json.loads(problem or "{}"), json.loads(estimator or "{}"))
+        for problem, estimator in zip(raw[CONFIG_JSON["problem"]], raw[CONFIG_JSON["estimator"]], strict=True)
+    ]
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    dtypes = config_dtypes()
+    frame = pd.DataFrame(rows, columns=names, index=raw.index)
+    return typed(frame, {name: dtypes.get(name, "string") if not name.endswith("_json") else "string"
+                         for name in names})  # fmt: skip
+
+
+def merge(
+    out: Path,
+    metadata: Mapping[str, Any],
+    cells: Iterable[str] | None = None,
+    *,
+    alpha: float = 1e-3,
+    reference: str | None = "reinforce",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Merge the per-cell files of ``cells`` (default: every finished cell under ``out``) into
+    out/cells.parquet and out/dims.parquet; cells without a file are left out (not finished)."""
+    available = finished_cells(out)
+    wanted = (
+        list(available) if cells is None else [cell for cell in dict.fromkeys(cells) if cell in available]
+    )
+    if not wanted:
+        raise FileNotFoundError(f"no finished cells under {scratch(out) / 'cells'}")
+    row_frames, dim_frames = [], []
+    for cell in sorted(wanted):
+        row_path, dims_path = cell_paths(out, cell)
+        row_frames.append(pd.read_parquet(row_path))
         if dims_path.exists():
             dim_frames.append(pd.read_parquet(dims_path))
-    config_names = groups["problem_columns"] + groups["estimator_columns"]
-    cells = pd.concat([f.astype(object) for f in cell_frames], ignore_index=True)
-    dims = (
-        pd.concat([f.astype(object) for f in dim_frames], ignore_index=True)
-        if dim_frames
-        else (pd.DataFrame(columns=DIM_COLUMNS))
+    raw = pd.concat([frame.astype(object) for frame in row_frames], ignore_index=True)
+    for column in CONFIG_JSON.values():
+        raw[column] = raw[column] if column in raw else None
+    configs = config_frame(raw)
+    table = typed(raw, COLUMN_TYPES)[CELL_COLUMNS]
+    table = derive(table, configs, alpha=alpha, reference=reference)
+    cells_table = pd.concat([table, configs], axis=1)
+    order = ["problem", "estimator", *configs.columns, "n_samples", "seed", "cell"]
+    cells_table = cells_table.sort_values(order, kind="stable", na_position="first").reset_index(drop=True)
+
+    dims = pd.concat([f.astype(object) for f in dim_frames], ignore_index=True) if dim_frames else None
+    dims = typed(
+        dims if dims is not None else pd.DataFrame(columns=[*DIM_KEYS, *DIM_TYPES]),
+        {**{k: COLUMN_TYPES[k] for k in DIM_KEYS}, **DIM_TYPES},
     )
-    cells = cells.reindex(columns=CELL_COLUMNS + config_names)
-    dims = dims.reindex(columns=["cell", "problem", "estimator", *config_names, *DIM_COLUMNS[3:]])
-    for column in cells.columns:
-        cells[column] = unify_config_column(cells[column]) if column in config_names else cells[column]
-    for column in config_names:
-        dims[column] = unify_config_column(dims[column])
-    cells = cells.infer_objects()
-    for column in ("n_params", "batch_size", "cost_evals"):
-        cells[column] = cells[column].astype("Int64")  # integers, null where a cell did not run
-    cells["unbiased"] = cells["unbiased"].astype("boolean")
-    dims = dims.infer_objects()
-    meta = {**metadata, **groups}
+    by_cell = cells_table.set_index("cell")[list(configs.columns)]
+    dims = dims[[*DIM_KEYS, *DIM_TYPES]].join(by_cell, on="cell")
+    dims = dims[[*DIM_KEYS, *configs.columns, *DIM_TYPES]]
+    meta = {**metadata, "problem_columns": group_columns("problem", configs.columns),
+            "estimator_columns": group_columns("estimator", configs.columns),
+            "alpha": alpha, "reference": reference}  # fmt: skip
     write_parquet_atomic(dims, out / "dims.parquet", meta)
-    write_parquet_atomic(cells, out / "cells.parquet", meta)
-    return cells, dims
+    write_parquet_atomic(cells_table, out / "cells.parquet", meta)
+    return cells_table, dims
+
+
+def group_columns(group: str, columns: Iterable[str]) -> list[str]:
+    names = {name for (g, _key), (name, _dtype) in config_schema().items() if g == group}
+    return [c for c in columns if c in names or c.startswith(f"{group}.")]
+
+
+# --- columns decided over the sweep ---------------------------------------------------------------
+def holm_rejections(pvalues: pd.Series, alpha: float) -> pd.Series:
+    """Holm's step-down procedure (Holm 1979): rejects H_(i) while p_(i) ≤ α/(m − i + 1), i = 1..m in
+    increasing order of p. Controls the family-wise error rate at α for any dependence between the
+    tests, and rejects everything Bonferroni (p ≤ α/m) rejects."""
+    ordered = pvalues.sort_values(kind="stable")
+    m = len(ordered)
+    rejected = pd.Series(False, index=pvalues.index)
+    for rank, (index, pvalue) in enumerate(ordered.items()):
+        if not pvalue <= alpha / (m - rank):
+            break
+        rejected[index] = True
+    return rejected
+
+
+def conformance(table: pd.DataFrame, alpha: float) -> pd.Series:
+    """``pass`` | ``fail`` | ``unreliable`` for ok cells of declared-unbiased estimators, ``n/a`` for
+    declared-biased ones, null for skipped and failed cells.
+
+    Holm's procedure at family-wise level ``alpha`` over the bias p-values of every ok,
+    declared-unbiased cell of the sweep whose normal approximation holds (``clt_ok``): the chance
+    that a sweep of honest estimators shows any ``fail`` is at most ``alpha``. A cell with heavy tails
+    (clt_ok false) is ``unreliable``: its p-value can neither clear nor convict the estimator.
+    """
+    verdict = pd.Series(pd.NA, index=table.index, dtype="string")
+    ok = table["status"] == "ok"
+    verdict[ok & (table["unbiased"] == False)] = "n/a"  # noqa: E712 (a nullable boolean)
+    declared = ok & (table["unbiased"] == True)  # noqa: E712
+    reliable = declared & (table["clt_ok"] == True)  # noqa: E712
+    verdict[declared & ~reliable] = "unreliable"
+    rejected = holm_rejections(table.loc[reliable, "bias_pvalue"].astype(float), alpha)
+    verdict[rejected.index] = np.where(rejected, "fail", "pass")
+    return verdict
+
+
+def derive(
+    table: pd.DataFrame, configs: pd.DataFrame, *, alpha: float, reference: str | None
+) -> pd.DataFrame:
+    """Fill the sweep-level columns: conformance, work and time variance, ratios to the reference."""
+    table = table.copy()
+    table["conformance"] = conformance(table, alpha)
+    cost = table["cost_evals"].astype("float64")
+    for suffix in ("", "_ci_low", "_ci_high"):
+        table[f"work_variance{suffix}"] = table[f"variance{suffix}"] * cost
+    table["time_variance"] = table["variance"] / table["estimates_per_s"]
+    if reference is None:
+        return table
+    problem_columns = group_columns("problem", configs.columns)
+    key_columns = ["problem", "n_samples", "n_estimates", "seed", "dtype"]
+    frame = pd.concat([table[key_columns], configs[problem_columns]], axis=1)
+    keys = pd.Series(["\x1f".join(map(str, values)) for values in frame.itertuples(index=False)], index=table.index)
+    ok = table["status"] == "ok"
+    is_reference = ok & (table["estimator"] == reference)
+    reference_rows = pd.Series(table.index[is_reference], index=keys[is_reference]).groupby(level=0).first()
+    for index in table.index[ok]:
+        match = reference_rows.get(keys[index])
+        if match is None:
+            continue
+        table.loc[index, "reference"] = table.loc[match, "cell"]
+        ratio, low, high = variance_ratio(table.loc[index], table.loc[match], same=index == match)
+        if ratio is None:
+            continue
+        work = float(cost[index]) / float(cost[match]) if cost[match] and cost[match] > 0 else math.nan
+        table.loc[index, ["variance_ratio", "variance_ratio_ci_low", "variance_ratio_ci_high"]] = [
+            ratio,
+            low,
+            high,
+        ]
+        table.loc[index, ["work_ratio", "work_ratio_ci_low", "work_ratio_ci_high"]] = [
+            ratio * work,
+            low * work,
+            high * work,
+        ]
+    return table
+
+
+def variance_ratio(row: pd.Series, ref: pd.Series, same: bool) -> tuple[float | None, float, float]:
+    """variance / the reference's variance with a conservative 95% interval.
+
+    On the log scale the two variances have standard errors s_a = se_a/V_a and s_b = se_b/V_b. The
+    two cells share their noise (common random numbers), so their estimates are correlated with an
+    unknown sign; sd(log V_a − log V_b) ≤ s_a + s_b for every correlation (Cauchy–Schwarz), and the
+    interval exp(log ratio ± 1.96 (s_a + s_b)) is therefore conservative whatever it is.
+    """
+    if same:
+        return 1.0, 1.0, 1.0
+    variance, reference_variance = float(row["variance"]), float(ref["variance"])
+    if not (variance > 0 and reference_variance > 0):
+        return None, math.nan, math.nan
+    spread = float(row["variance_stderr"]) / variance + float(ref["variance_stderr"]) / reference_variance
+    ratio = variance / reference_variance
+    factor = math.exp(1.959963984540054 * spread)
+    return ratio, ratio / factor, ratio * factor
 
 
 def read_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:

@@ -24,9 +24,11 @@ MAX_BATCH = 1 << 16
 # Seeds of the cell's random streams. The main stream (the problem's noise) is seeded with ``seed``
 # itself, so every estimator on a problem sees the same samples; the others are independent of it.
 WARMUP_STREAM = 0x5EED
-AUX_STREAM = 1 << 40  # extra noise an estimator draws beside the problem's (a conditional z̃, ...)
-FIT_STREAM = 2 << 40  # the fit stage's problem noise: never the measurement's
-FIT_AUX_STREAM = 3 << 40
+# The CPU generator (mt19937) keeps only the low 32 bits of a seed, so the offsets must differ there:
+# 1 << 40 would replay the main stream exactly (v = u for a conditional z̃, the fit on measurement noise).
+AUX_STREAM = 0x9E3779B9  # extra noise an estimator draws beside the problem's (a conditional z̃, ...)
+FIT_STREAM = 0x3C6EF372  # the fit stage's problem noise: never the measurement's
+FIT_AUX_STREAM = 0xDAA66D2B
 
 
 @dataclass
@@ -160,15 +162,22 @@ def run_cell(
     seed: int,
     dtype: torch.dtype | str = torch.float32,
     batch_size: int | None = None,
+    alpha: float = 1e-3,
     progress: Callable[[int], None] | None = None,
+    projection: Callable[[float, float], None] | None = None,
     cell: str | None = None,
 ) -> CellResult:
     """Measure one cell on ``problem.device``. Raises on failure (the sweep records it).
 
     Every estimator on the same problem, n_samples and seed sees the same noise (common random
     numbers), so paired comparisons between rows are meaningful. ``estimates_per_s`` times noise
-    generation plus estimation (synchronized on CUDA), after one untimed warm-up batch; the exact
+    generation plus estimation (wall clock, synchronized on CUDA), after one untimed warm-up batch;
+    ``cpu_seconds`` is the process CPU time of the same timed part. The fit stage, the exact
     gradient and the statistics are not timed.
+
+    ``progress(size)`` is called after every batch; ``projection(seconds, rate)`` once, after the
+    first measured batch, with the cell's projected measuring time (it may raise to stop the cell
+    before the long work). ``alpha`` is the level at which ``bias_resolution`` is computed.
     """
     dtype_name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
     torch_dtype = resolve_dtype(dtype_name)
@@ -181,12 +190,18 @@ def run_cell(
         return CellResult({**row, "status": "skipped", "reason": reason})
     device = problem.device
     started = time.perf_counter()
+    row["threads"] = torch.get_num_threads()
+    row["load_avg"] = load_average()
     exact_params = problem.exact()
     for name, value in exact_params.items():
         if not torch.isfinite(value).all():
             raise FloatingPointError(f"the exact gradient of {name} is not finite: {value.tolist()}")
     names = param_names(exact_params)
     exact = flatten({k: v.unsqueeze(0) for k, v in exact_params.items()}, 1)[0]  # (P,)
+    reachable = problem.exact_in(torch_dtype)
+    exact_in_dtype = (
+        None if reachable is None else flatten({k: v.unsqueeze(0) for k, v in reachable.items()}, 1)[0]
+    )
     params = {name: value.to(torch_dtype) for name, value in problem.params().items()}
     if batch_size is None:
         batch_size = auto_batch_size(problem, len(names), n_samples, torch_dtype, device)
@@ -215,54 +230,73 @@ def run_cell(
 
     generator, aux_generator = stream(0), stream(AUX_STREAM)
     moments = empty_moments(len(names), device)
-    elapsed = 0.0
+    finite = torch.ones(len(names), dtype=torch.bool, device=device)
+    elapsed = cpu = 0.0
     done = 0
     while done < n_estimates:
         size = min(batch_size, n_estimates - done)
-        tic = time.perf_counter()
+        tic, cpu_tic = time.perf_counter(), time.process_time()
         batch = estimate_batch(generator, aux_generator, size)
         synchronize(device)
         elapsed += time.perf_counter() - tic
-        if not torch.isfinite(batch).all():
-            bad = torch.nonzero(~torch.isfinite(batch).all(0)).flatten()[:5].tolist()
-            raise FloatingPointError(
-                f"non-finite gradient estimates after {done} estimates, in {[names[i] for i in bad]}"
-            )
+        cpu += time.process_time() - cpu_tic
+        # No host synchronization per batch: finiteness is accumulated on the device, checked at the end.
+        finite &= torch.isfinite(batch).all(0)
         moments = fold(moments, batch)
+        if done == 0 and projection is not None:
+            rate = size / max(elapsed, 1e-9)
+            projection(n_estimates / rate, rate)
         done += size
         if progress is not None:
             progress(size)
+    if not bool(finite.all()):
+        bad = torch.nonzero(~finite).flatten()[:5].tolist()
+        raise FloatingPointError(f"non-finite gradient estimates in {[names[i] for i in bad]}")
 
-    summary = summarize(moments, exact, torch_dtype)
+    summary = summarize(moments, exact, torch_dtype, alpha=alpha, exact_in_dtype=exact_in_dtype)
     row.update(
         status="ok",
-        reason="",
+        reason=None,
         n_params=len(names),
         batch_size=batch_size,
         variance=summary.variance,
+        variance_stderr=summary.variance_stderr,
+        variance_ci_low=summary.variance_ci_low,
+        variance_ci_high=summary.variance_ci_high,
         bias_norm=summary.bias_norm,
         mse=summary.mse,
         exact_norm=summary.exact_norm,
         cosine=summary.cosine,
         bias_z_max=summary.bias_z_max,
         bias_pvalue=summary.bias_pvalue,
+        bias_resolution=summary.bias_resolution,
         snr=summary.snr,
+        skewness_max=summary.skewness_max,
+        kurtosis_max=summary.kurtosis_max,
+        clt_ok=summary.clt_ok,
         estimates_per_s=n_estimates / elapsed if elapsed > 0 else math.inf,
+        cpu_seconds=cpu,
         seconds=time.perf_counter() - started,
         fit_seconds=fit_seconds if estimator.has_fit else None,
         fit_steps=report.steps if estimator.has_fit else None,
         fitted=json.dumps(report.fitted) if report.fitted else None,
     )
+    per_dim = (
+        summary.mean, summary.var, summary.stderr, summary.z, summary.var_stderr, summary.skewness,
+        summary.kurtosis,
+    )  # fmt: skip
+    columns = ("mean", "var", "stderr", "z", "var_stderr", "skewness", "kurtosis")
+    values = [exact.tolist(), *(tensor.tolist() for tensor in per_dim)]
     dims = [
-        {"param": name, "exact": e, "mean": m, "var": v, "stderr": s, "z": z}
-        for name, e, m, v, s, z in zip(
-            names,
-            exact.tolist(),
-            summary.mean.tolist(),
-            summary.var.tolist(),
-            summary.stderr.tolist(),
-            summary.z.tolist(),
-            strict=True,
-        )
+        {"param": name, "exact": e, **dict(zip(columns, rest, strict=True))}
+        for name, e, *rest in zip(names, *values, strict=True)
     ]
     return CellResult(row, dims)
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (runnable processes, averaged), or None where the OS has none."""
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None

@@ -1,7 +1,12 @@
 """Streaming moments of per-estimate gradients and the cell's summary statistics.
 
-Batches of estimates are folded into a running (count, mean, M2) per dimension with Chan et al.'s
-pairwise update (1979), in float64, so memory does not grow with the number of estimates.
+Batches of estimates g (B, P) are folded into running per-dimension central moments (count, mean,
+M2, M3, M4) with the pairwise update of Chan, Golub & LeVeque (1979) extended to third and fourth
+moments by Pébay (2008, "Formulas for robust, one-pass parallel computation of covariances and
+arbitrary-order statistical moments", Sandia SAND2008-6212), in float64. Beside them runs one scalar
+stream, s = ‖g − c‖² with c the running mean of the batches before (the batch's own mean for the
+first), whose mean and M2 give the uncertainty of the variance's trace without a P×P covariance.
+Memory is O(P) whatever the number of estimates.
 """
 
 from __future__ import annotations
@@ -12,39 +17,95 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-# A deterministic estimator is judged up to floating-point rounding: the standard error used in a
-# z-score is never below RESOLUTION_ULPS units of rounding of the estimate's dtype at the scale of
-# the gradient. Stochastic estimators have stderr far above this floor.
+# Rounding: no dimension's z-score uses a standard error below RESOLUTION_ULPS units of rounding of
+# the estimate's dtype at the scale of its values (see ``rounding_floor``). Stochastic estimators
+# sit far above this floor at any practical n_estimates.
 RESOLUTION_ULPS = 64
+CI_LEVEL = 0.95
+POWER = 0.8
+# The normal approximation behind the z-tests and intervals is trusted when n ≥ CLT_FACTOR·γ²
+# for every dimension's skewness γ (see ``clt_ok``).
+CLT_FACTOR = 25.0
 
 
 class Moments(NamedTuple):
+    """Running moments: per dimension (P,) float64, and the scalar stream of s = ‖g − c‖²."""
+
     count: int
-    mean: Tensor  # (P,) float64
-    m2: Tensor  # (P,) float64: sum of squared deviations from the mean
+    mean: Tensor  # (P,)
+    m2: Tensor  # (P,): Σ (g − mean)²
+    m3: Tensor  # (P,): Σ (g − mean)³
+    m4: Tensor  # (P,): Σ (g − mean)⁴
+    trace_mean: Tensor  # (): mean of s
+    trace_m2: Tensor  # (): Σ (s − mean s)²
 
 
 def empty_moments(n_params: int, device: torch.device | str = "cpu") -> Moments:
     zeros = torch.zeros(n_params, dtype=torch.float64, device=device)
-    return Moments(0, zeros, zeros.clone())
+    scalar = torch.zeros((), dtype=torch.float64, device=device)
+    return Moments(0, zeros, zeros.clone(), zeros.clone(), zeros.clone(), scalar, scalar.clone())
 
 
-def fold(moments: Moments, batch: Tensor) -> Moments:
-    """Merge a batch of estimates (B, P) into the running moments (Chan, Golub & LeVeque 1979)."""
-    batch = batch.to(torch.float64)
-    n_batch = batch.shape[0]
-    # Shifted by the first row: exact for constant columns (a deterministic estimator has M2 = 0,
-    # not rounding noise) and accurate when the spread is small next to the mean.
+def batch_moments(batch: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Mean and central sums M2, M3, M4 of a batch (B, P) → each (P,).
+
+    Shifted by the first row before centring: exact for constant columns (a deterministic
+    estimator has M2 = 0, not rounding noise) and accurate when the spread is small next to the mean.
+    """
     shift = batch[0]  # (P,)
     shifted = batch - shift  # (B, P)
     shifted_mean = shifted.mean(0)  # (P,)
-    batch_mean = shift + shifted_mean
-    batch_m2 = ((shifted - shifted_mean) ** 2).sum(0)  # (P,)
+    centered = shifted - shifted_mean  # (B, P)
+    squared = centered * centered
+    return shift + shifted_mean, squared.sum(0), (squared * centered).sum(0), (squared * squared).sum(0)
+
+
+def combine(
+    n_a: int, a: tuple[Tensor, ...], n_b: int, b: tuple[Tensor, ...]
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Pébay's pairwise combination of (mean, M2, M3, M4) of two disjoint sets of sizes n_a, n_b."""
+    mean_a, m2_a, m3_a, m4_a = a
+    mean_b, m2_b, m3_b, m4_b = b
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    delta_n = delta / n
+    mean = mean_a + delta_n * n_b
+    m2 = m2_a + m2_b + delta * delta_n * n_a * n_b
+    m3 = (
+        m3_a + m3_b + delta * delta_n**2 * n_a * n_b * (n_a - n_b) + 3.0 * delta_n * (n_a * m2_b - n_b * m2_a)
+    )
+    m4 = (
+        m4_a
+        + m4_b
+        + delta * delta_n**3 * n_a * n_b * (n_a * n_a - n_a * n_b + n_b * n_b)
+        + 6.0 * delta_n**2 * (n_a * n_a * m2_b + n_b * n_b * m2_a)
+        + 4.0 * delta_n * (n_a * m3_b - n_b * m3_a)
+    )
+    return mean, m2, m3, m4
+
+
+def fold(moments: Moments, batch: Tensor) -> Moments:
+    """Merge a batch of estimates (B, P) into the running moments."""
+    batch = batch.to(torch.float64)
+    n_batch = batch.shape[0]
+    own = batch_moments(batch)
+    if moments.count == 0:
+        mean, m2, m3, m4 = own
+        reference = mean
+    else:
+        reference = moments.mean
+        previous = (moments.mean, moments.m2, moments.m3, moments.m4)
+        mean, m2, m3, m4 = combine(moments.count, previous, n_batch, own)
+    # The trace's stream: s = ‖g − c‖² around the mean so far. c misses the true mean by
+    # O(σ/√count), which changes Var(s) by a relative O(1/count) (README, "The variance's interval").
+    s = ((batch - reference) ** 2).sum(1)  # (B,)
+    s_mean = s.mean()
+    s_m2 = ((s - s_mean) ** 2).sum()
     count = moments.count + n_batch
-    delta = batch_mean - moments.mean
-    mean = moments.mean + delta * (n_batch / count)
-    m2 = moments.m2 + batch_m2 + delta**2 * (moments.count * n_batch / count)
-    return Moments(count, mean, m2)
+    delta = s_mean - moments.trace_mean
+    trace_mean = moments.trace_mean + delta * (n_batch / count)
+    trace_m2 = moments.trace_m2 + s_m2 + delta**2 * (moments.count * n_batch / count)
+    return Moments(count, mean, m2, m3, m4, trace_mean, trace_m2)
 
 
 class Summary(NamedTuple):
@@ -54,42 +115,119 @@ class Summary(NamedTuple):
     var: Tensor
     stderr: Tensor
     z: Tensor
+    var_stderr: Tensor
+    skewness: Tensor
+    kurtosis: Tensor
     variance: float
+    variance_stderr: float
+    variance_ci_low: float
+    variance_ci_high: float
     bias_norm: float
     mse: float
     exact_norm: float
     cosine: float
     bias_z_max: float
     bias_pvalue: float
+    bias_resolution: float
     snr: float
+    skewness_max: float
+    kurtosis_max: float
+    clt_ok: bool
 
 
-def summarize(moments: Moments, exact: Tensor, estimate_dtype: torch.dtype) -> Summary:
+def normal_quantile(p: float) -> float:
+    return float(torch.special.ndtri(torch.tensor(p, dtype=torch.float64)))
+
+
+def rounding_floor(
+    mean: Tensor, var: Tensor, exact: Tensor, exact_in_dtype: Tensor | None, dtype: torch.dtype
+) -> Tensor:
+    """The smallest standard error a z-score may use, per dimension (P,).
+
+    RESOLUTION_ULPS × (eps(dtype) × the scale of the values, max(‖exact‖∞, rms of the estimates),
+    + |∇E[f] computed in ``dtype`` − ∇E[f] in float64|). The first term is the rounding of the
+    estimates themselves; the second is the part of the gradient the dtype cannot represent at all
+    (θ = 80: σ(θ) rounds to 1 in float32, so every float32 estimate is exactly 0 while the exact
+    gradient is 1e-35). Neither depends on n_estimates, so neither can hide a bias that the
+    estimates resolve.
+    """
+    eps = torch.finfo(dtype).eps
+    rms = torch.sqrt(mean**2 + var)
+    scale = torch.clamp(rms, min=float(exact.abs().max()) if exact.numel() else 0.0)
+    floor = eps * scale
+    if exact_in_dtype is not None:
+        floor = floor + (exact_in_dtype.to(torch.float64) - exact).abs()
+    return RESOLUTION_ULPS * floor
+
+
+def clt_ok(count: int, skewness: Tensor) -> bool:
+    """Whether n is large enough for the normal approximation of every dimension's mean:
+    n ≥ CLT_FACTOR · γ_i² for every i (Cochran 1977, §2.15: n > 25 γ₁² for the mean of a skewed
+    population; the Edgeworth term of the mean's distribution is γ/(6√n)). Dimensions with zero
+    variance are exact and pass."""
+    gamma = torch.nan_to_num(skewness, nan=0.0)
+    return bool((count >= CLT_FACTOR * gamma**2).all())
+
+
+def summarize(
+    moments: Moments,
+    exact: Tensor,
+    estimate_dtype: torch.dtype,
+    alpha: float = 1e-3,
+    exact_in_dtype: Tensor | None = None,
+) -> Summary:
     """Compare the running moments with the exact gradient (P,).
 
-    var: unbiased sample variance of one estimate per dimension; stderr = sqrt(var / n).
-    z_i = (mean_i − exact_i) / sqrt(stderr_i² + floor²), floor = RESOLUTION_ULPS·eps(dtype)·‖exact‖∞.
-    bias_pvalue: Bonferroni-adjusted p-value of the P two-sided z-tests of mean_i = exact_i:
-    min(1, P · min_i 2Φ(−|z_i|)). It controls the family-wise false-alarm rate whatever the
-    correlation between dimensions (conservatively when they are correlated) and assumes only the
-    central limit theorem for a mean of n i.i.d. estimates with finite variance.
+    Per dimension: var = M2/(n − 1) (one estimate's variance); stderr = sqrt(var/n);
+    z_i = (mean_i − exact_i) / sqrt(stderr_i² + floor_i²) (``rounding_floor``);
+    var_stderr = sqrt((m4 − m2²)/n) with the central moments m_k = M_k/n (the delta method for s²);
+    skewness m3/m2^1.5 and kurtosis m4/m2² (not excess; 3 for a normal).
+
+    bias_pvalue: Bonferroni-adjusted p-value of the P two-sided z-tests of mean_i = exact_i,
+    min(1, P · min_i 2Φ(−|z_i|)): the family-wise false-alarm rate is at most the level whatever the
+    correlation between dimensions, under the central limit theorem for the mean of n i.i.d.
+    estimates (``clt_ok`` says whether n is large enough for it).
+
+    bias_resolution = (z_{1−α/(2P)} + z_{0.8}) · ‖se‖₂ with se_i the z-test's denominator: every
+    bias vector at least this long has some coordinate i with |bias_i| ≥ (z_{1−α/(2P)} + z_{0.8}) se_i
+    (otherwise its norm would be shorter), and that coordinate alone is detected at level α with
+    probability ≥ 80%. So "no bias above bias_resolution" holds with 80% power in every direction.
+
+    The variance's trace V = Σ_i var_i has standard error sqrt(Var(s)/n), s = ‖g − mean‖² (the
+    delta method: V̂ is the mean of s up to O(1/n)); the 95% interval is V̂·exp(±1.96·se/V̂), the
+    normal interval on log V (positive, and closer to nominal coverage for skewed s).
     """
     if moments.count < 2:
         raise ValueError("need at least 2 estimates for a variance")
     exact = exact.to(torch.float64)
     n = moments.count
+    n_params = exact.numel()
     var = moments.m2 / (n - 1)
     stderr = torch.sqrt(var / n)
+    central2, central3, central4 = moments.m2 / n, moments.m3 / n, moments.m4 / n
+    var_stderr = torch.sqrt(torch.clamp(central4 - central2**2, min=0.0) / n)
+    skewness = torch.where(central2 > 0, central3 / central2**1.5, torch.zeros_like(central2))
+    kurtosis = torch.where(central2 > 0, central4 / central2**2, torch.full_like(central2, math.nan))
     bias = moments.mean - exact
-    scale = float(exact.abs().max()) if exact.numel() else 0.0
-    floor = RESOLUTION_ULPS * torch.finfo(estimate_dtype).eps * scale
+    floor = rounding_floor(moments.mean, var, exact, exact_in_dtype, estimate_dtype)
     denominator = torch.sqrt(stderr**2 + floor**2)
     z = torch.where(bias == 0, torch.zeros_like(bias), bias / denominator)
     z_max = float(z.abs().max())
     # P(|N(0,1)| > z) = erfc(z / sqrt 2)
     p_min = float(torch.special.erfc(z.abs().max() / math.sqrt(2.0)))
-    bias_pvalue = min(1.0, exact.numel() * p_min)
+    bias_pvalue = min(1.0, n_params * p_min)
+    detect = normal_quantile(1.0 - alpha / (2 * n_params)) + normal_quantile(POWER)
+    bias_resolution = detect * float(denominator.norm())
+
     variance = float(var.sum())
+    trace_var = float(moments.trace_m2) / (n - 1)  # Var(s)
+    variance_stderr = math.sqrt(max(trace_var, 0.0) / n)
+    half_width = normal_quantile(0.5 + CI_LEVEL / 2)
+    if variance > 0:
+        spread = math.exp(half_width * variance_stderr / variance)
+        ci_low, ci_high = variance / spread, variance * spread
+    else:
+        ci_low = ci_high = variance
     bias_norm = float(bias.norm())
     exact_norm = float(exact.norm())
     mean_norm = float(moments.mean.norm())
@@ -100,17 +238,28 @@ def summarize(moments: Moments, exact: Tensor, estimate_dtype: torch.dtype) -> S
         snr = mean_norm / math.sqrt(variance)
     else:
         snr = math.inf if mean_norm > 0 else math.nan
+    finite_kurtosis = kurtosis[torch.isfinite(kurtosis)]
     return Summary(
         mean=moments.mean,
         var=var,
         stderr=stderr,
         z=z,
+        var_stderr=var_stderr,
+        skewness=skewness,
+        kurtosis=kurtosis,
         variance=variance,
+        variance_stderr=variance_stderr,
+        variance_ci_low=ci_low,
+        variance_ci_high=ci_high,
         bias_norm=bias_norm,
         mse=bias_norm**2 + variance,
         exact_norm=exact_norm,
         cosine=cosine,
         bias_z_max=z_max,
         bias_pvalue=bias_pvalue,
+        bias_resolution=bias_resolution,
         snr=snr,
+        skewness_max=float(skewness.abs().max()),
+        kurtosis_max=float(finite_kurtosis.max()) if finite_kurtosis.numel() else math.nan,
+        clt_ok=clt_ok(n, skewness),
     )

@@ -1,78 +1,240 @@
 """The sweep: Hydra composes one config per cell, a launcher runs ``task`` for each, then the
-per-cell files are merged into tables and plots.
+per-cell files are merged into tables, a summary and plots.
 
-``python -m bench sweep [overrides]`` runs Hydra in multirun mode with bench's sweeper
+``bench sweep [overrides]`` runs Hydra in multirun mode with bench's sweeper
 (``hydra_plugins/bench_sweeper``), which expands the grid like Hydra's basic sweeper and then
 ``plan``s it: a ``problem.*``/``estimator.*`` override applies only to the problems/estimators that
 have that key (``estimator.temperature=0.1,1`` varies the Gumbel-softmax estimators and leaves
 reinforce with one cell), duplicate cells are dropped, and every cell's config is validated before
-any work. Any Hydra launcher runs the cells (``hydra/launcher=joblib`` for parallel processes).
+any work. Cells already finished in ``out`` are reused (``resume``). Any Hydra launcher runs the
+rest (``hydra/launcher=joblib`` for parallel processes).
+
+Exit statuses: 0 done; 1 a cell failed; 2 bad input (nothing ran); 3 a declared-unbiased estimator
+failed conformance; 4 stopped before work projected past ``time_limit``; 130/143 interrupted by
+SIGINT/SIGTERM (the finished cells are merged; rerun the same command to resume).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import math
+import os
+import re
+import signal
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
-import estimators
-import problems
 from bench.errors import ConfigError, NotApplicable, unknown_name
-from bench.output import CELL_COLUMNS, config_columns, merge, run_metadata, write_cell
+from bench.output import (
+    cell_paths,
+    finished_cells,
+    merge,
+    read_cell_row,
+    run_metadata,
+    scratch,
+    usable_cores,
+    write_cell,
+    write_text_atomic,
+)
+from bench.registry import (  # re-exported: tests and plugins import them from here
+    CONF_DIR,
+    GROUPS,
+    REGISTRIES,
+    build,
+    default_config,
+    group_options,
+    yaml_comments,
+)
 from bench.runner import cell_id_from, check_settings, resolve_device, resolve_dtype, run_cell
 from estimators.base import Estimator
 from problems.base import Problem
 
+__all__ = ["CONF_DIR", "GROUPS", "REGISTRIES", "build", "default_config", "group_options"]
+
 log = logging.getLogger("bench")
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("problem", "estimator")
-REGISTRIES: dict[str, dict[str, type]] = {"problem": problems.REGISTRY, "estimator": estimators.REGISTRY}
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONFORMANCE, EXIT_TIME_LIMIT = 0, 1, 2, 3, 4
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+PROGRESS_EVERY = 10.0  # seconds between progress lines of a long cell when output is not a terminal
 
 
-def group_options(group: str) -> list[str]:
-    """Names with a YAML under conf/<group>/."""
-    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+class SweepStopped(BaseException):
+    """Stops the whole sweep (not one cell). A BaseException, like KeyboardInterrupt, so that it
+    passes through Hydra's job runner and the launcher's loop instead of failing one cell."""
+
+    exit_status = EXIT_FAILED
 
 
-def default_config(group: str, name: str) -> dict[str, Any]:
-    """The defaults in conf/<group>/<name>.yaml."""
-    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{name}.yaml"), resolve=True) or {}
+class Interrupted(SweepStopped):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.exit_status = EXIT_SIGNAL.get(signum, 128 + signum)
 
 
-def build(group: str, name: str, config: dict[str, Any], device: Any = "cpu") -> Any:
-    """Instantiate a registered problem or estimator from its config, with errors naming keys."""
-    registry = REGISTRIES[group]
-    if name not in registry:
-        raise unknown_name(group, name, list(registry))
-    kwargs = dict(config)
-    try:
-        return registry[name](**kwargs, device=device) if group == "problem" else registry[name](**kwargs)
-    except TypeError as error:
-        raise ConfigError(group, f"{name}: {error}") from error
+class TimeLimitExceeded(SweepStopped):
+    exit_status = EXIT_TIME_LIMIT
 
 
-def cell_settings(cfg: DictConfig) -> dict[str, Any]:
-    batch_size = cfg.batch_size
-    if batch_size != "auto" and not (isinstance(batch_size, int) and batch_size >= 1):
+# --- settings -----------------------------------------------------------------------------------
+def parse_duration(value: Any) -> float | None:
+    """``time_limit``: seconds as a number, or text with a unit (90s, 30m, 1.5h, 2d); none/inf = no limit."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "inf", "")):
+        return None
+    if isinstance(value, bool):
+        raise ConfigError("time_limit", f"expected a duration such as 3600, 30m, 2h or none, got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smhd]?)\s*", str(value).lower())
+        if not match:
+            raise ConfigError(
+                "time_limit", f"expected a duration such as 3600, 30m, 2h or none, got {value!r}"
+            )
+        seconds = float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+    if math.isinf(seconds):
+        return None
+    if not seconds > 0:
+        raise ConfigError("time_limit", f"must be positive, got {value!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def parse_threads(value: Any) -> int | None:
+    """``threads``: auto (None) or an integer ≥ 1."""
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError("threads", f"expected auto or an integer >= 1, got {value!r}")
+    return value
+
+
+def parse_alpha(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ConfigError("alpha", f"expected a number in (0, 1), got {value!r}")
+    return float(value)
+
+
+def parse_reference(value: Any) -> str | None:
+    if value is None or value in ("none", "null", ""):
+        return None
+    if value not in REGISTRIES["estimator"]:
+        raise unknown_name("reference", str(value), list(REGISTRIES["estimator"]))
+    return str(value)
+
+
+def parse_bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"expected true or false, got {value!r}")
+    return value
+
+
+def cell_settings(cfg: Any) -> dict[str, Any]:
+    """The run_cell settings of a job config (a DictConfig or a plain dict), validated."""
+    batch_size = cfg["batch_size"]
+    if batch_size != "auto" and not (
+        isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1
+    ):
         raise ConfigError("batch_size", f"expected auto or an integer >= 1, got {batch_size!r}")
-    check_settings(cfg.n_samples, cfg.n_estimates, cfg.seed)
-    resolve_dtype(cfg.dtype)
-    resolve_device(str(cfg.device))
+    check_settings(cfg["n_samples"], cfg["n_estimates"], cfg["seed"])
+    resolve_dtype(cfg["dtype"])
+    resolve_device(str(cfg["device"]))
     return {
-        "n_samples": cfg.n_samples,
-        "n_estimates": cfg.n_estimates,
-        "seed": cfg.seed,
-        "dtype": cfg.dtype,
+        "n_samples": cfg["n_samples"],
+        "n_estimates": cfg["n_estimates"],
+        "seed": cfg["seed"],
+        "dtype": cfg["dtype"],
         "batch_size": None if batch_size == "auto" else batch_size,
+        "alpha": parse_alpha(cfg["alpha"]),
     }
+
+
+def check_sweep_settings(cfg: Any) -> None:
+    """Validate the keys that concern the whole sweep (raising ConfigError)."""
+    parse_threads(cfg["threads"])
+    parse_reference(cfg["reference"])
+    parse_duration(cfg["time_limit"])
+    parse_bool("resume", cfg["resume"])
+    parse_bool("plots", cfg["plots"])
+
+
+def check_writable(out: Path) -> None:
+    """Fail before any work when ``out`` cannot hold the sweep's files."""
+    try:
+        scratch(out).mkdir(parents=True, exist_ok=True)
+        probe = scratch(out) / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(
+            "out", f"cannot write the sweep's files to {str(out)!r}: {error.strerror or error}"
+        ) from None
+
+
+# --- threads ------------------------------------------------------------------------------------
+def runnable_elsewhere() -> int | None:
+    """How many tasks other than this process's threads are runnable right now (Linux: the
+    instantaneous run-queue count of /proc/loadavg minus our own runnable threads; median of three
+    samples 2 ms apart). None where the OS does not say."""
+    counts = []
+    for attempt in range(3):
+        try:
+            total = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+            own = 0
+            for task in Path("/proc/self/task").iterdir():
+                stat = (task / "stat").read_text()
+                own += stat[stat.rindex(")") + 2] == "R"
+        except (OSError, ValueError, IndexError):
+            return None
+        counts.append(max(0, total - own))
+        if attempt < 2:
+            time.sleep(0.002)
+    return sorted(counts)[1]
+
+
+def auto_threads(workers: int) -> int:
+    """The ``threads=auto`` policy: the usable cores split between the launcher's parallel workers,
+    and no more than the cores other processes leave free when the cell starts (at least 1).
+
+    Why: torch's intra-op threads synchronize at every operation; when a thread has no core of its
+    own it waits a scheduler slice, and a cell of many small operations slows down by ~100×.
+    """
+    cores = usable_cores()
+    share = max(1, cores // max(1, workers))
+    others = runnable_elsewhere()
+    if others is None:
+        return share
+    return max(1, min(share, cores - others))
+
+
+def launcher_workers() -> int:
+    """Parallel workers of the running launcher (joblib's n_jobs; 1 for the serial launcher)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        n_jobs = HydraConfig.get().launcher.get("n_jobs")
+    except (ValueError, AttributeError):
+        return 1
+    if not isinstance(n_jobs, int) or n_jobs == 0:
+        return 1
+    return usable_cores() if n_jobs < 0 else n_jobs
 
 
 # --- planning the grid -------------------------------------------------------------------------
@@ -88,12 +250,43 @@ def member_group(key: str) -> str | None:
 
 
 @dataclass
+class JobSpec:
+    """One cell as planned: names, configs and settings (a light stand-in for Hydra's job config)."""
+
+    names: dict[str, str]
+    configs: dict[str, dict[str, Any]]
+    settings: dict[str, Any]
+
+    def cell(self) -> str:
+        return cell_id_from(
+            self.names["problem"], self.configs["problem"], self.names["estimator"], self.configs["estimator"],
+            self.settings["n_samples"], self.settings["n_estimates"], self.settings["seed"],
+            self.settings["dtype"],
+        )  # fmt: skip
+
+
+@dataclass
 class Plan:
     jobs: list[list[str]] = field(default_factory=list)  # normalized override lists, one per cell
+    cells: list[str] = field(default_factory=list)  # their cell ids
     skipped: list[str | None] = field(default_factory=list)  # why a cell will be skipped, or None
+    labels: list[str] = field(default_factory=list)
 
 
 _ABSENT = object()
+
+
+def parse_value(override: str) -> Any:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_override(override).value()
+
+
+def set_dotted(container: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    for part in parts[:-1]:
+        container = container.setdefault(part, {})
+    container[parts[-1]] = value
 
 
 def plan(
@@ -104,15 +297,17 @@ def plan(
 ) -> Plan:
     """Normalize, validate and de-duplicate the expanded grid; raise ConfigError before any work.
 
-    ``compose`` turns an override list into a job config; ``base`` is the config without overrides.
-    A key in ``user_keys`` (typed on the command line) that applies to no job is an error; a key
-    of the default grid that applies to no job (a temperature grid in a sweep without
-    Gumbel-softmax) is dropped quietly.
+    ``compose`` turns an override list into a job config; it is called once per combination of
+    problem and estimator choices (and Hydra's own keys), and the other overrides are applied to
+    that composition directly, which keeps planning a big grid fast. A key in ``user_keys`` (typed
+    on the command line) that applies to no job is an error; a key of the default grid that applies
+    to no job (a temperature grid in a sweep without Gumbel-softmax) is dropped quietly.
     """
     check_top_level_keys(jobs, base)
-    group_cache: dict[tuple[str, ...], DictConfig] = {}
-    normalized: dict[tuple[str, ...], None] = {}
+    compositions: dict[tuple[str, ...], tuple[DictConfig, dict[str, Any]]] = {}
+    parsed: dict[str, Any] = {}
     used: dict[str, int] = {}
+    specs: dict[str, tuple[list[str], JobSpec]] = {}
     for job in jobs:
         for group in GROUPS:
             for override in job:
@@ -120,35 +315,64 @@ def plan(
                     name = override.split("=", 1)[1]
                     if name not in group_options(group):
                         raise unknown_name(group, name, group_options(group))
-        outer = tuple(o for o in job if member_group(override_key(o)) is None)
-        if outer not in group_cache:
-            group_cache[outer] = compose(list(outer))
-        outer_cfg = group_cache[outer]
+        special = any(o.startswith(("+", "~")) for o in job)
+        outer = tuple(
+            o for o in job if special or override_key(o) in GROUPS or override_key(o).startswith("hydra")
+        )
+        if outer not in compositions:
+            composed = compose(list(outer))
+            compositions[outer] = (composed, job_container(composed))
+        composed, container = compositions[outer]
+        container = copy.deepcopy(container)
         kept = []
         for override in job:
             key = override_key(override)
-            if member_group(key) is None:
+            if member_group(key) is not None:
+                applies = (
+                    override.startswith("+")
+                    or OmegaConf.select(composed, key, default=_ABSENT) is not _ABSENT
+                )
+                used[key] = used.get(key, 0) + applies
+                if not applies:
+                    continue
+            kept.append(override)
+            if override in outer:
                 continue
-            applies = (
-                override.startswith("+") or OmegaConf.select(outer_cfg, key, default=_ABSENT) is not _ABSENT
-            )
-            used[key] = used.get(key, 0) + applies
-            if applies:
-                kept.append(override)
-        normalized[(*outer, *kept)] = None
+            if override not in parsed:
+                parsed[override] = parse_value(override)
+            set_dotted(container, key, parsed[override])
+        spec = JobSpec(
+            names={group: composed.hydra.runtime.choices[group] for group in GROUPS},
+            configs={group: container[group] for group in GROUPS},
+            settings=cell_settings(container),
+        )
+        cell = spec.cell()
+        if cell not in specs:
+            specs[cell] = (kept, spec)
+        check_sweep_settings(container)
     unused = [key for key, count in used.items() if count == 0 and key in set(user_keys)]
     if unused:
-        raise unknown_key_error(unused[0], group_cache.values())
+        raise unknown_key_error(unused[0], [c for c, _ in compositions.values()])
     result = Plan()
     built: dict[str, Any] = {}
-    for job in normalized:
-        result.jobs.append(list(job))
-        result.skipped.append(why_skip(compose(list(job)), built))
+    for cell, (job, spec) in specs.items():
+        result.jobs.append(job)
+        result.cells.append(cell)
+        result.skipped.append(why_skip(spec, built))
+        result.labels.append(f"{spec.names['problem']} × {spec.names['estimator']}")
     if all(reason is not None for reason in result.skipped):
         raise ConfigError(
-            "estimator", "no cell of this sweep applies: " + "; ".join(sorted(set(result.skipped)))
+            "estimator",
+            "no cell of this sweep applies: " + "; ".join(sorted(set(result.skipped))),  # type: ignore[arg-type]
         )
     return result
+
+
+def job_container(cfg: DictConfig) -> dict[str, Any]:
+    """The job's config as plain containers, without Hydra's node."""
+    keys = [key for key in cfg if key != "hydra"]
+    return {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+            for key in keys}  # fmt: skip
 
 
 def default_grid(params: dict[str, str], user_keys: Iterable[str]) -> list[str]:
@@ -185,47 +409,121 @@ def unknown_key_error(key: str, configs: Iterable[DictConfig]) -> ConfigError:
     return ConfigError(key, f"unknown key: no {group} in this sweep has it. Valid keys: {listing}")
 
 
-def why_skip(cfg: DictConfig, built: dict[str, Any]) -> str | None:
+def why_skip(spec: JobSpec, built: dict[str, Any]) -> str | None:
     """Validate a job's values (raising ConfigError) and say why its cell would be skipped."""
-    settings = cell_settings(cfg)
     objects = {}
     for group in GROUPS:
-        name = cfg.hydra.runtime.choices[group]
-        config = OmegaConf.to_container(cfg[group], resolve=True)
-        key = json.dumps([group, name, config], sort_keys=True, default=str)
+        key = json.dumps([group, spec.names[group], spec.configs[group]], sort_keys=True, default=str)
         if key not in built:
-            built[key] = build(group, name, config)
+            built[key] = build(group, spec.names[group], spec.configs[group])
         objects[group] = built[key]
     estimator: Estimator = objects["estimator"]
-    return estimator.why_not(objects["problem"], settings["n_samples"])
+    return estimator.why_not(objects["problem"], spec.settings["n_samples"])
+
+
+def reusable(out: Path, cells: Sequence[str]) -> set[str]:
+    """The cells finished in ``out`` that need not run again: ok or skipped (a failed cell reruns)."""
+    done = finished_cells(out)
+    keep = set()
+    for cell in cells:
+        if cell in done:
+            row = read_cell_row(out, cell)
+            if (
+                row is not None
+                and row.get("status") in ("ok", "skipped")
+                and cell_paths(out, cell)[1].exists()
+            ):
+                keep.add(cell)
+    return keep
 
 
 # --- one cell ----------------------------------------------------------------------------------
+class Progress:
+    """A progress bar on a terminal; elsewhere (a log file, CI) one line every PROGRESS_EVERY
+    seconds for a cell that runs longer than that, with an ETA."""
+
+    def __init__(self, label: str, total: int) -> None:
+        from tqdm import tqdm
+
+        self.label, self.total, self.done = label, total, 0
+        self.started = self.last = time.perf_counter()
+        self.bar = tqdm(total=total, desc=label, unit="est", leave=False, disable=None)
+
+    def __call__(self, size: int) -> None:
+        self.done += size
+        self.bar.update(size)
+        now = time.perf_counter()
+        if self.bar.disable and now - self.last >= PROGRESS_EVERY and self.done < self.total:
+            self.last = now
+            rate = self.done / (now - self.started)
+            eta = format_duration((self.total - self.done) / rate)
+            log.info(f"  {self.label}: {self.done:,} of {self.total:,} estimates ({self.done / self.total:.0%}), "
+                     f"{rate:.3g}/s, about {eta} left")  # fmt: skip
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def sweep_state(out: Path) -> dict[str, Any]:
+    try:
+        return json.loads((scratch(out) / "sweep.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def time_guard(
+    out: Path, label: str, n_estimates: int, limit: float | None
+) -> Callable[[float, float], None]:
+    """Stop the sweep before a cell whose projected time would carry it past ``time_limit``."""
+    started = sweep_state(out).get("started", time.time())
+
+    def guard(projected: float, rate: float) -> None:
+        if limit is None:
+            return
+        spent = max(0.0, time.time() - started)
+        if spent + projected > limit:
+            allow = format_duration(math.ceil((spent + projected) * 1.2 / 3600) * 3600)
+            raise TimeLimitExceeded(
+                f"{label} would take about {format_duration(projected)} ({n_estimates:,} estimates at "
+                f"{rate:.3g}/s), which with the {format_duration(spent)} already spent passes "
+                f"time_limit={format_duration(limit)}. To allow it, add time_limit={allow.replace(' ', '')} "
+                f"(or time_limit=none); or lower n_estimates."
+            )
+
+    return guard
+
+
 def run_job(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
     """Run the cell ``cfg`` and write its files; a failure becomes a ``failed`` row, not a crash."""
     out = Path(cfg.out)
     names = {group: choices[group] for group in GROUPS}
     configs = {group: OmegaConf.to_container(cfg[group], resolve=True) for group in GROUPS}
-    metadata = run_metadata(OmegaConf.to_container(cfg, resolve=True))
     row: dict[str, Any] = {
         "problem": names["problem"], "estimator": names["estimator"], "n_samples": cfg.n_samples,
         "n_estimates": cfg.n_estimates, "seed": cfg.seed, "dtype": cfg.dtype, "device": str(cfg.device),
     }  # fmt: skip
-    row["cell"] = cell_id_from(
-        names["problem"], configs["problem"], names["estimator"], configs["estimator"],
-        cfg.n_samples, cfg.n_estimates, cfg.seed, cfg.dtype,
-    )  # fmt: skip
+    row["cell"] = JobSpec(
+        names, configs, {k: cfg[k] for k in ("n_samples", "n_estimates", "seed", "dtype")}
+    ).cell()
     dims: list[dict[str, Any]] = []
+    threads_before = torch.get_num_threads()
     try:
         settings = cell_settings(cfg)
+        threads = parse_threads(cfg.threads) or auto_threads(launcher_workers())
+        torch.set_num_threads(threads)
         device = resolve_device(cfg.device)
         problem: Problem = build("problem", names["problem"], configs["problem"], device)
         estimator: Estimator = build("estimator", names["estimator"], configs["estimator"])
         row["unbiased"] = estimator.unbiased
-        label = f"{names['problem']} × {names['estimator']}"
-        # A progress bar on a terminal only (disable=None); logs get one line per cell.
-        with tqdm(total=cfg.n_estimates, desc=label, unit="est", leave=False, disable=None) as bar:
-            result = run_cell(problem, estimator, **settings, cell=row["cell"], progress=bar.update)
+        label = f"{names['problem']} × {names['estimator']} (n_samples={cfg.n_samples})"
+        progress = Progress(label, cfg.n_estimates)
+        guard = time_guard(out, label, cfg.n_estimates, parse_duration(cfg.time_limit))
+        try:
+            result = run_cell(
+                problem, estimator, **settings, cell=row["cell"], progress=progress, projection=guard
+            )
+        finally:
+            progress.close()
         row.update(result.row)
         dims = result.dims
     except NotApplicable as reason:
@@ -233,7 +531,9 @@ def run_job(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
     except Exception as error:
         log.exception("cell %s failed", row["cell"])
         row.update(status="failed", reason=f"{type(error).__name__}: {error}")
-    write_cell(out, row, dims, config_columns(configs["problem"], configs["estimator"]), metadata)
+    finally:
+        torch.set_num_threads(threads_before)
+    write_cell(out, row, dims, configs, run_metadata(OmegaConf.to_container(cfg, resolve=True)))
     log.info(describe(row))
     return row
 
@@ -255,53 +555,125 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     return run_job(cfg, dict(HydraConfig.get().runtime.choices))
 
 
-# --- after the sweep ---------------------------------------------------------------------------
-SUMMARY_COLUMNS = [
-    "problem",
-    "estimator",
-    "n_samples",
-    "variance",
-    "bias_norm",
-    "bias_pvalue",
-    "estimates_per_s",
-]
+# --- running the plan --------------------------------------------------------------------------
+def execute(
+    grid: Plan,
+    out: Path,
+    sweep_config: DictConfig,
+    launch: Callable[[list[list[str]], int], Any],
+    batch_size: int | None = None,
+) -> int:
+    """Run the planned grid (reusing finished cells), then merge, summarize and plot; return the
+    exit status. ``launch(jobs, first_index)`` runs jobs through Hydra's launcher."""
+    config = OmegaConf.to_container(sweep_config, resolve=False)
+    settings = {key: sweep_config[key] for key in ("resume", "time_limit", "alpha", "reference", "plots")}
+    total = len(grid.jobs)
+    reused = reusable(out, grid.cells) if settings["resume"] else set()
+    others = set(finished_cells(out)) - set(grid.cells)
+    to_run = [(job, cell) for job, cell in zip(grid.jobs, grid.cells, strict=True) if cell not in reused]
+    n_skip = sum(reason is not None for reason in grid.skipped)
+    print(
+        f"bench: {total} cells ({n_skip} pairs that do not apply, recorded as skipped)"
+        + (f"; {len(reused)} already finished in out are reused" if reused else "")
+        + f"; {len(to_run)} to run -> {out}",
+        flush=True,
+    )
+    if others:
+        print(f"bench: out already holds {len(others)} cells of other sweeps; they stay under "
+              f"{scratch(out) / 'cells'} and are not in this sweep's tables", flush=True)  # fmt: skip
+    state = {
+        "started": time.time(),
+        "cells": grid.cells,
+        "time_limit": parse_duration(settings["time_limit"]),
+    }
+    write_text_atomic(json.dumps(state), scratch(out) / "sweep.json")
+    stopped: SweepStopped | None = None
+    previous = signal.signal(signal.SIGTERM, raise_interrupted) if is_main_thread() else None
+    try:
+        size = batch_size or len(to_run) or 1
+        for start in range(0, len(to_run), size):
+            batch = [job for job, _cell in to_run[start : start + size]]
+            for result in launch(batch, start) or []:
+                _ = result.return_value  # re-raises a job that crashed outside its own handler
+    except KeyboardInterrupt:
+        stopped = Interrupted(signal.SIGINT)
+    except SweepStopped as stop:
+        stopped = stop
+    except Exception as error:  # joblib wraps what a worker raised
+        stopped = unwrap_stop(error)
+        if stopped is None:
+            raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    finished = [cell for cell in grid.cells if cell in finished_cells(out)]
+    status = EXIT_OK
+    if finished:
+        status = finish(out, config, finished, settings, draw_plots=bool(settings["plots"]))
+    if stopped is not None:
+        if isinstance(stopped, Interrupted):
+            print(f"bench: interrupted after {len(finished)} of {total} cells; run the same command again "
+                  "to resume", file=sys.stderr)  # fmt: skip
+        else:
+            print(f"bench: stopped after {len(finished)} of {total} cells: {stopped}", file=sys.stderr)
+        return stopped.exit_status
+    return status
 
 
-def summary_table(cells: Any, config_names: Sequence[str]) -> str:
-    """The ok cells, one block per problem with the config columns that vary in it; then the
-    skipped and failed counts with their reasons."""
-    lines = []
-    ok = cells[cells["status"] == "ok"]
-    for _problem, block in ok.groupby("problem", sort=True):
-        varying = [c for c in config_names if block[c].astype(str).nunique() > 1]
-        columns = SUMMARY_COLUMNS[:3] + varying + SUMMARY_COLUMNS[3:]
-        block = block[columns].sort_values(columns[: 3 + len(varying)])
-        lines.append(block.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-        lines.append("")
-    for status in ("skipped", "failed"):
-        rows = cells[cells["status"] == status]
-        if len(rows):
-            lines.append(f"{len(rows)} {status}:")
-            for (problem, estimator, reason), group in rows.groupby(["problem", "estimator", "reason"]):
-                lines.append(f"  {problem} × {estimator} ({len(group)}): {reason}")
-    return "\n".join(lines)
+def raise_interrupted(signum: int, _frame: Any) -> None:
+    raise Interrupted(signum)
 
 
-def finish(out: Path, config: Any, draw_plots: bool = True) -> int:
-    """Merge, plot and summarize a finished sweep; return the number of failed cells."""
+def is_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def unwrap_stop(error: BaseException) -> SweepStopped | None:
+    """A SweepStopped (or KeyboardInterrupt) raised in a parallel worker, however it was wrapped."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, SweepStopped):
+            return seen
+        if isinstance(seen, KeyboardInterrupt):
+            return Interrupted(signal.SIGINT)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def finish(
+    out: Path, config: Any, cells: Sequence[str], settings: dict[str, Any], draw_plots: bool = True
+) -> int:
+    """Merge, summarize and plot the finished ``cells``; return the exit status."""
     from bench import plots
+    from bench.summary import summarize_sweep
 
-    cells, _dims = merge(out, run_metadata(config))
-    config_names = [column for column in cells.columns if column not in CELL_COLUMNS]
-    print(summary_table(cells, config_names))
+    alpha = parse_alpha(settings.get("alpha", 1e-3))
+    reference = parse_reference(settings.get("reference", "reinforce"))
+    table, _dims = merge(out, run_metadata(config), cells, alpha=alpha, reference=reference)
+    text = summarize_sweep(table, alpha=alpha, reference=reference)
+    print(text)
+    write_text_atomic(text + "\n", out / "summary.txt")
     if draw_plots:
-        written = plots.draw_all(cells, out / "plots")
-        print(f"plots: {', '.join(str(p) for p in written) or 'none (nothing to plot)'}")
-    n_failed = int((cells["status"] == "failed").sum())
-    print(f"tables: {out / 'cells.parquet'}, {out / 'dims.parquet'}  ({len(cells)} cells, {n_failed} failed)")
-    return n_failed
+        written = plots.draw_all(table, out / "plots")
+        print(
+            f"plots: {', '.join(str(p) for p in written if p.suffix == '.png') or 'none (nothing to plot)'}"
+        )
+    n_failed = int((table["status"] == "failed").sum())
+    n_nonconforming = int((table["conformance"] == "fail").sum())
+    print(f"tables: {out / 'cells.parquet'}, {out / 'dims.parquet'}  ({len(table)} cells, {n_failed} failed)")
+    if n_failed:
+        print(f"bench: {n_failed} cell(s) failed; see the reason column", file=sys.stderr)
+        return EXIT_FAILED
+    if n_nonconforming:
+        print(f"bench: {n_nonconforming} cell(s) of declared-unbiased estimators failed conformance "
+              f"(family-wise alpha={alpha:g})", file=sys.stderr)  # fmt: skip
+        return EXIT_CONFORMANCE
+    return EXIT_OK
 
 
+# --- the command line --------------------------------------------------------------------------
 def hydra_arguments(overrides: Sequence[str]) -> list[str]:
     """The command line for Hydra. A single-valued ``problem``/``estimator`` choice or member key
     is written as a one-value sweep (``choice(v)``), so that Hydra leaves it to bench's sweeper,
@@ -322,15 +694,67 @@ def hydra_arguments(overrides: Sequence[str]) -> list[str]:
     return arguments
 
 
+def help_text() -> str:
+    """``bench sweep --help``: the global keys with their defaults, from conf/config.yaml."""
+    base = OmegaConf.load(CONF_DIR / "config.yaml")
+    comments = yaml_comments(CONF_DIR / "config.yaml")
+    grid = OmegaConf.to_container(base.hydra.sweeper.params)
+    lines = [
+        "usage: bench sweep [KEY=VALUE ...]",
+        "",
+        "Run a grid of problems × estimators. KEY=a,b,c sweeps a key; any key you type replaces",
+        "its grid below. problem.KEY / estimator.KEY set the keys of problems and estimators",
+        "(`bench list` shows them with their defaults) and apply only where the key exists.",
+        "",
+        "global keys (default):",
+    ]
+    for key in base:
+        if key in ("defaults", "hydra"):
+            continue
+        default = OmegaConf.to_container(base, resolve=False)[key]
+        shown = grid.get(key, default)
+        lines.append(f"  {key}={shown}".ljust(34) + f" {comments.get(key, '')}")
+    lines += [
+        "",
+        "default grid (hydra.sweeper.params in conf/config.yaml):",
+        *(f"  {key}={value}" for key, value in grid.items()),
+        "",
+        "examples:",
+        "  bench sweep problem=bernoulli,categorical estimator=reinforce,rloo n_samples=2,8,32",
+        "  bench sweep estimator=gumbel_softmax estimator.temperature=0.1,0.3,1,3",
+        "  bench sweep hydra/launcher=joblib hydra.launcher.n_jobs=2     # parallel processes",
+        "",
+        "exit status: 0 done, 1 a cell failed, 2 bad input, 3 conformance failure, "
+        "4 stopped by time_limit, 130/143 interrupted",
+    ]
+    return "\n".join(lines)
+
+
+def register_sweeper() -> None:
+    """Hand bench's sweeper to Hydra directly: Hydra's plugin scan cannot see it in an editable
+    install. The registry is created first because creating it re-executes Hydra's core plugin
+    modules, and a sweeper class made before that would subclass a stale BasicSweeper."""
+    from hydra.core.plugins import Plugins
+
+    plugins = Plugins.instance()
+    from hydra_plugins.bench_sweeper.bench_sweeper import BenchSweeper
+
+    plugins.register(BenchSweeper)
+
+
 def main(overrides: Sequence[str]) -> None:
-    """``python -m bench sweep`` → Hydra multirun with bench's sweeper."""
+    """``bench sweep`` → Hydra multirun with bench's sweeper."""
     from hydra.errors import HydraException
 
+    if any(arg in ("-h", "--help") for arg in overrides):
+        print(help_text())
+        sys.exit(EXIT_OK)
     try:
         arguments = hydra_arguments(overrides)
     except (ConfigError, HydraException) as error:
         print(f"bench: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
+    register_sweeper()
     saved = sys.argv
     sys.argv = ["bench sweep", "--multirun", *arguments]
     try:

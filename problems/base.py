@@ -12,6 +12,7 @@ vmapped estimator it is (n_samples,)). A sample ``x`` may be a tensor or a tuple
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -100,6 +101,26 @@ class Problem(ABC):
         if self._exact is None:
             self._exact = self.exact_gradient()
         return self._exact
+
+    def exact_in(self, dtype: torch.dtype) -> Params | None:
+        """The gradient that estimates in ``dtype`` can reach: ∇E[f] computed in ``dtype`` by
+        autograd through ``expected_cost(params[, min_prob])``, with outcomes rarer than eps(dtype)
+        treated as impossible where the problem supports it (a sampler in ``dtype`` cannot produce
+        them: no uniform in float32 exceeds 1 − 2⁻²⁵). None for a problem without ``expected_cost``.
+        Its gap to ``exact()`` is bias the dtype causes, which the bias test must not count
+        (``bench.stats.rounding_floor``)."""
+        expected_cost = getattr(self, "expected_cost", None)
+        if expected_cost is None:
+            return None
+        with torch.inference_mode(False), torch.enable_grad():
+            params = {name: value.to(dtype).requires_grad_(True) for name, value in self.params().items()}
+            takes_min_prob = "min_prob" in inspect.signature(expected_cost).parameters
+            extra = {"min_prob": torch.finfo(dtype).eps} if takes_min_prob else {}
+            value = expected_cost(params, **extra)
+            if not value.requires_grad:
+                return {name: torch.zeros_like(tensor).detach() for name, tensor in params.items()}
+            grads = torch.autograd.grad(value, list(params.values()), materialize_grads=True)
+        return {name: grad.detach() for name, grad in zip(params, grads, strict=True)}
 
     def memory_per_sample(self) -> int:
         """Rough count of floats one sample's forward and backward pass keeps alive."""

@@ -66,9 +66,11 @@ class Bernoulli(Problem):
     def relaxed_cost(self, params: Params, y: Tensor) -> Tensor:
         return self.cost(params, y)
 
-    def expected_cost(self, params: Params) -> Tensor:
-        """E[f] in closed form: Σ_i σ(θ_i)(1 − t_i)² + (1 − σ(θ_i)) t_i²."""
+    def expected_cost(self, params: Params, min_prob: float = 0.0) -> Tensor:
+        """E[f] in closed form: Σ_i σ(θ_i)(1 − t_i)² + (1 − σ(θ_i)) t_i². A bit whose rarer value
+        has probability below ``min_prob`` is held at its likelier value (``Problem.exact_in``)."""
         probs = torch.sigmoid(params["theta"])
+        probs = torch.where(probs < min_prob, 0.0, torch.where(1.0 - probs < min_prob, 1.0, probs))
         target = self.target.to(probs.dtype)
         return (probs * (1.0 - target) ** 2 + (1.0 - probs) * target**2).sum()
 

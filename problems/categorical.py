@@ -85,8 +85,12 @@ class Categorical(Problem):
     def enumerate_outcomes(self) -> Tensor:
         return torch.eye(self.num_categories, dtype=torch.float64, device=self.device)  # (K, K)
 
-    def expected_cost(self, params: Params) -> Tensor:
+    def expected_cost(self, params: Params, min_prob: float = 0.0) -> Tensor:
+        """Σ_k softmax(θ)_k f(e_k); categories rarer than ``min_prob`` are treated as impossible and
+        the rest renormalized (``Problem.exact_in``)."""
         probs = torch.softmax(params["theta"], -1)
+        probs = torch.where(probs < min_prob, 0.0, probs)
+        probs = probs / probs.sum()
         return (probs * self.cost(params, self.enumerate_outcomes().to(probs.dtype))).sum()
 
     def exact_gradient(self) -> Params:

@@ -66,6 +66,8 @@ class Gaussian(Problem):
         super().__init__(device, mu=list(mu), sigma=list(sigma), cost=cost, k=k)
         self.mu = as_tensor_list("problem.mu", mu, device=device)
         self.sigma = as_tensor_list("problem.sigma", sigma, length=self.mu.numel(), device=device)
+        # k is recorded per dimension whichever way it was given, so tables hold one form of it.
+        self._config["k"] = as_tensor_list("problem.k", k, length=self.mu.numel()).tolist()
         if (self.sigma <= 0).any():
             raise ConfigError("problem.sigma", f"every value must be > 0, got {list(sigma)}")
         if cost not in COSTS:
@@ -100,6 +102,7 @@ class Gaussian(Problem):
         return cost_value(self.cost_name, x, self.k.to(x.dtype)).sum(-1)
 
     def expected_cost(self, params: Params) -> Tensor:
+        """E[f] in closed form."""
         k = self.k.to(params["mu"].dtype)
         return expected_cost_value(self.cost_name, params["mu"], params["sigma"], k).sum()
 

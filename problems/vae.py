@@ -349,7 +349,8 @@ class DigitsVAE(Problem):
         return self.negative_elbo(self.encode(params), decoder, images, x)
 
     def expected_cost(self, params: Params) -> Tensor:
-        """E_q[f] = −ELBO averaged over the minibatch, exact."""
+        """E_q[f] = −ELBO averaged over the minibatch, exact. (No ``min_prob``: codes rarer than
+        eps(dtype) are a heavy-tail regime that ``clt_ok`` flags instead.)"""
         images, decoder = self.constants(params["encoder.0.weight"].dtype)
         return self.expected_negative_elbo(self.encode(params), decoder, images)
 

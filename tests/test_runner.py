@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from bench.output import config_columns, merge, run_metadata, write_cell
+from bench.output import merge, run_metadata, write_cell
 from bench.runner import auto_batch_size, param_names, run_cell
 from estimators.base import Estimator
 from problems.bernoulli import Bernoulli
@@ -70,22 +70,39 @@ def test_skipped_cell_row():
 
 def test_write_and_merge_cells(tmp_out):
     problems_ = [make("problem", "bernoulli"), make("problem", "categorical")]
+    cells = []
     for problem in problems_:
         for temperature in (0.5, 1.0):
             estimator = make("estimator", "gumbel_softmax", temperature=temperature)
             result = run_cell(problem, estimator, n_samples=2, n_estimates=100, seed=0)
-            columns = config_columns(problem.config(), estimator.config())
-            write_cell(tmp_out, result.row, result.dims, columns, run_metadata({"x": 1}))
-    cells, dims = merge(tmp_out, run_metadata({"sweep": True}))
-    assert len(cells) == 4 and len(dims) == 2 * 3 + 2 * 4
-    # bernoulli's target is a list, categorical's a number: the column becomes text, losslessly.
-    assert set(cells["target"]) == {json.dumps([0.45, 0.5, 0.6]), "0.7"}
-    assert cells["temperature"].dtype == float
+            configs = {"problem": problem.config(), "estimator": estimator.config()}
+            write_cell(tmp_out, result.row, result.dims, configs, run_metadata({"x": 1}))
+            cells.append(result.row["cell"])
+    table, dims = merge(tmp_out, run_metadata({"sweep": True}), cells)
+    assert len(table) == 4 and len(dims) == 2 * 3 + 2 * 4
+    # bernoulli's target is a list, categorical's a number: the column is text in every sweep,
+    # because the registry (not the sweep's cells) decides its type.
+    assert set(table["target"]) == {json.dumps([0.45, 0.5, 0.6]), "0.7"}
+    assert str(table["target"].dtype) == "string" and table["temperature"].dtype == float
+    assert table["reason"].isna().all() and str(table["n_samples"].dtype) == "Int64"
+    assert {"n_samples", "n_estimates", "seed", "dtype"} <= set(dims.columns)
     on_disk = pd.read_parquet(tmp_out / "cells.parquet")
-    pd.testing.assert_frame_equal(on_disk, cells)
+    pd.testing.assert_frame_equal(on_disk, table)
     metadata = json.loads(pq.read_schema(tmp_out / "dims.parquet").metadata[b"bench"])
     assert metadata["config"] == {"sweep": True} and "temperature" in metadata["estimator_columns"]
-    assert not [p for p in tmp_out.rglob("*") if p.name.startswith(".")]
+    assert not [p for p in tmp_out.rglob("*") if p.name.startswith(".") and p.name != ".bench"]
+
+
+def test_merge_takes_only_the_cells_it_is_given(tmp_out):
+    problem, estimator = make("problem", "bernoulli"), make("estimator", "reinforce")
+    configs = {"problem": problem.config(), "estimator": estimator.config()}
+    ids = []
+    for seed in (0, 1, 2):
+        result = run_cell(problem, estimator, n_samples=2, n_estimates=100, seed=seed)
+        write_cell(tmp_out, result.row, result.dims, configs, run_metadata(None))
+        ids.append(result.row["cell"])
+    table, dims = merge(tmp_out, run_metadata(None), ids[:2])
+    assert sorted(table["cell"]) == sorted(ids[:2]) and set(dims["cell"]) == set(ids[:2])
 
 
 @pytest.mark.slow

@@ -1,9 +1,15 @@
-"""bench's Hydra sweeper. Hydra loads sweepers only from the ``hydra_plugins`` namespace package,
-so this thin class lives here; the logic is in ``bench.sweep``."""
+"""bench's Hydra sweeper: a thin class over Hydra's basic sweeper; the logic is in ``bench.sweep``.
+
+Hydra accepts plugin classes only from the ``hydra_plugins`` namespace, so the class lives here.
+Hydra also discovers plugins by scanning that namespace, which fails for editable installs
+(setuptools' import hook hides the package from pkgutil); ``register`` hands the class to Hydra
+directly (``bench.sweep.register_sweeper``), so discovery does not matter.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +18,14 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from bench.errors import ConfigError
-from bench.sweep import default_grid, finish, plan
+from bench.output import scratch
+from bench.sweep import EXIT_USAGE, check_sweep_settings, check_writable, default_grid, execute, plan
 
 
 class BenchSweeper(BasicSweeper):
     """Hydra's basic grid sweeper, plus: keys apply only where they exist, duplicate cells are
-    dropped, every cell is validated before any work, and the results are merged at the end."""
+    dropped, every cell is validated before any work, finished cells are reused, and the results
+    are merged at the end."""
 
     def _compose(self, overrides: list[str]) -> DictConfig:
         assert self.hydra_context is not None and self.config is not None
@@ -25,31 +33,28 @@ class BenchSweeper(BasicSweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        tic = time.perf_counter()
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         user_keys = [o.get_key_element().lstrip("+~") for o in parser.parse_overrides(arguments)]
         overrides = parser.parse_overrides([*default_grid(dict(self.params), user_keys), *arguments])
         (jobs,) = self.split_arguments(overrides, None)
+        out = Path(self.config.hydra.sweep.dir)
         try:
+            check_sweep_settings(self.config)
+            check_writable(out)
+            print(f"bench: planning {len(jobs)} jobs (validating every cell's config)...", flush=True)
             grid = plan(jobs, self._compose, self._compose([]), user_keys)
         except ConfigError as error:
             print(f"bench: error: {error}", file=sys.stderr)
-            sys.exit(2)
-        sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        n_skip = sum(reason is not None for reason in grid.skipped)
-        print(f"bench: {len(grid.jobs)} cells ({n_skip} will be skipped) -> {sweep_dir}", flush=True)
-        size = self.max_batch_size or len(grid.jobs)
-        returns = []
-        for start in range(0, len(grid.jobs), size):
-            batch = grid.jobs[start : start + size]
-            results = self.launcher.launch(batch, initial_job_idx=start)
-            for result in results:
-                _ = result.return_value  # re-raises a job that crashed outside its own handler
-            returns.append(results)
-        config = OmegaConf.to_container(self.config, resolve=False)
-        n_failed = finish(sweep_dir, config, draw_plots=bool(self.config.get("plots", True)))
-        if n_failed:
-            print(f"bench: {n_failed} cell(s) failed; see the reason column", file=sys.stderr)
-            sys.exit(1)
-        return returns
+            sys.exit(EXIT_USAGE)
+        print(f"bench: planned in {time.perf_counter() - tic:.1f} s", flush=True)
+        OmegaConf.save(self.config, scratch(out) / "multirun.yaml")
+
+        def launch(batch: list[list[str]], start: int) -> Any:
+            assert self.launcher is not None
+            return self.launcher.launch(batch, initial_job_idx=start)
+
+        status = execute(grid, out, self.config, launch, self.max_batch_size)
+        if status:
+            sys.exit(status)
+        return []
