@@ -86,7 +86,9 @@ def plot(directory: Path) -> int:
     except FileNotFoundError as error:
         print(f"bench plot: {error}", file=sys.stderr)
         return 2
-    written = plots.draw_all(cells, directory / "plots", metadata or read_metadata(directory / "cells.parquet"))
+    written = plots.draw_all(
+        cells, directory / "plots", metadata or read_metadata(directory / "cells.parquet")
+    )
     for path in written:
         print(path)
     if not written:
