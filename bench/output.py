@@ -109,23 +109,20 @@ def merged_kind(kinds: set[str]) -> str:
 
 @functools.cache
 def config_schema() -> dict[tuple[str, str], tuple[str, str]]:
-    """(group, key) → (column name, pandas dtype) for every key of every registered problem and
-    estimator, from their defaults (conf YAML, normalized by the constructor's ``config()``).
+    """(group, key) → (column name, pandas dtype) for every key of every problem and estimator
+    with a YAML, from the types of the YAML defaults.
 
     Registry-wide, so no sweep changes a column's name or type. A key that two groups share
     (``hidden``, ``train_steps``) or that clashes with a fixed column is written as
-    ``problem.<key>``/``estimator.<key>`` in both groups.
+    ``problem.<key>``/``estimator.<key>`` in both groups. A value that does not fit its key's type
+    (a list for gaussian's ``k``, whose default is a number) goes to ``<column>_json``.
     """
-    from bench.registry import GROUPS, build, default_config, group_options
+    from bench.registry import GROUPS, default_config, group_options
 
     kinds: dict[tuple[str, str], set[str]] = {}
     for group in GROUPS:
         for name in group_options(group):
-            try:
-                config = build(group, name, default_config(group, name)).config()
-            except Exception:  # a broken member must not take every table down; its keys fall back
-                config = default_config(group, name)
-            for key, value in config.items():
+            for key, value in default_config(group, name).items():
                 kinds.setdefault((group, key), set()).add(value_kind(value))
     keys_by_group = {group: {key for g, key in kinds if g == group} for group in GROUPS}
     shared = keys_by_group["problem"] & keys_by_group["estimator"]
@@ -178,6 +175,7 @@ def config_dtypes() -> dict[str, str]:
 
 
 # --- metadata -------------------------------------------------------------------------------------
+@functools.cache
 def cpu_model() -> str:
     """The CPU's model name (Linux /proc/cpuinfo; elsewhere what platform reports)."""
     try:
@@ -197,6 +195,7 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+@functools.cache
 def git_commit() -> str | None:
     """The commit of bench's source tree, when it runs from a git checkout (None when installed)."""
     source = Path(__file__).resolve().parent.parent
@@ -360,15 +359,17 @@ def merge(
     )
     if not wanted:
         raise FileNotFoundError(f"no finished cells under {scratch(out) / 'cells'}")
-    row_frames, dim_frames = [], []
+    row_tables, dim_tables = [], []
     for cell in sorted(wanted):
         row_path, dims_path = cell_paths(out, cell)
-        row_frames.append(pd.read_parquet(row_path))
+        row_tables.append(pq.read_table(row_path))
         if dims_path.exists():
-            dim_frames.append(pd.read_parquet(dims_path))
-    raw = pd.concat([frame.astype(object) for frame in row_frames], ignore_index=True)
+            dim_tables.append(pq.read_table(dims_path))
+    # Per-cell files may differ in columns (a skipped cell has no statistics): concatenate by name.
+    raw = pa.concat_tables(row_tables, promote_options="permissive").to_pandas().astype(object)
     for column in CONFIG_JSON.values():
-        raw[column] = raw[column] if column in raw else None
+        if column not in raw:
+            raw[column] = None
     configs = config_frame(raw)
     table = typed(raw, COLUMN_TYPES)[CELL_COLUMNS]
     table = derive(table, configs, alpha=alpha, reference=reference)
@@ -376,7 +377,7 @@ def merge(
     order = ["problem", "estimator", *configs.columns, "n_samples", "seed", "cell"]
     cells_table = cells_table.sort_values(order, kind="stable", na_position="first").reset_index(drop=True)
 
-    dims = pd.concat([f.astype(object) for f in dim_frames], ignore_index=True) if dim_frames else None
+    dims = pa.concat_tables(dim_tables, promote_options="permissive").to_pandas() if dim_tables else None
     dims = typed(
         dims if dims is not None else pd.DataFrame(columns=[*DIM_KEYS, *DIM_TYPES]),
         {**{k: COLUMN_TYPES[k] for k in DIM_KEYS}, **DIM_TYPES},
@@ -447,49 +448,57 @@ def derive(
     problem_columns = group_columns("problem", configs.columns)
     key_columns = ["problem", "n_samples", "n_estimates", "seed", "dtype"]
     frame = pd.concat([table[key_columns], configs[problem_columns]], axis=1)
-    keys = pd.Series(["\x1f".join(map(str, values)) for values in frame.itertuples(index=False)], index=table.index)
-    ok = table["status"] == "ok"
-    is_reference = ok & (table["estimator"] == reference)
-    reference_rows = pd.Series(table.index[is_reference], index=keys[is_reference]).groupby(level=0).first()
-    for index in table.index[ok]:
-        match = reference_rows.get(keys[index])
-        if match is None:
-            continue
-        table.loc[index, "reference"] = table.loc[match, "cell"]
-        ratio, low, high = variance_ratio(table.loc[index], table.loc[match], same=index == match)
-        if ratio is None:
-            continue
-        work = float(cost[index]) / float(cost[match]) if cost[match] and cost[match] > 0 else math.nan
-        table.loc[index, ["variance_ratio", "variance_ratio_ci_low", "variance_ratio_ci_high"]] = [
-            ratio,
-            low,
-            high,
-        ]
-        table.loc[index, ["work_ratio", "work_ratio_ci_low", "work_ratio_ci_high"]] = [
-            ratio * work,
-            low * work,
-            high * work,
-        ]
+    keys = pd.Series(
+        ["\x1f".join(map(str, values)) for values in frame.itertuples(index=False)], index=table.index
+    )
+    ok = (table["status"] == "ok").to_numpy(dtype=bool)
+    is_reference = ok & (table["estimator"] == reference).to_numpy(dtype=bool)
+    first = pd.Series(np.flatnonzero(is_reference), index=keys[is_reference]).groupby(level=0).first()
+    match = keys.map(first).to_numpy(dtype=float)  # position of the row's reference cell, NaN if none
+    rows = np.flatnonzero(ok & ~np.isnan(match))
+    refs = match[rows].astype(int)
+    table.loc[table.index[rows], "reference"] = table["cell"].to_numpy()[refs]
+    variance = table["variance"].to_numpy(dtype=float)
+    stderr = table["variance_stderr"].to_numpy(dtype=float)
+    ratio, low, high = ratio_interval(variance[rows], stderr[rows], variance[refs], stderr[refs])
+    same = rows == refs
+    ratio, low, high = (np.where(same, 1.0, values) for values in (ratio, low, high))
+    cost_values = cost.to_numpy(dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        work = np.where(cost_values[refs] > 0, cost_values[rows] / cost_values[refs], np.nan)
+    index = table.index[rows]
+    for prefix, scale in (("variance_ratio", 1.0), ("work_ratio", work)):
+        for suffix, values in (("", ratio), ("_ci_low", low), ("_ci_high", high)):
+            table.loc[index, prefix + suffix] = values * scale
     return table
 
 
-def variance_ratio(row: pd.Series, ref: pd.Series, same: bool) -> tuple[float | None, float, float]:
-    """variance / the reference's variance with a conservative 95% interval.
+def ratio_interval(
+    variance: np.ndarray, stderr: np.ndarray, reference: np.ndarray, reference_stderr: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """variance / reference with a conservative 95% interval, elementwise (NaN where either is 0).
 
     On the log scale the two variances have standard errors s_a = se_a/V_a and s_b = se_b/V_b. The
     two cells share their noise (common random numbers), so their estimates are correlated with an
     unknown sign; sd(log V_a − log V_b) ≤ s_a + s_b for every correlation (Cauchy–Schwarz), and the
     interval exp(log ratio ± 1.96 (s_a + s_b)) is therefore conservative whatever it is.
     """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        valid = (variance > 0) & (reference > 0)
+        ratio = np.where(valid, variance / reference, np.nan)
+        spread = stderr / variance + reference_stderr / reference
+        factor = np.exp(1.959963984540054 * spread)
+        return ratio, np.where(valid, ratio / factor, np.nan), np.where(valid, ratio * factor, np.nan)
+
+
+def variance_ratio(row: pd.Series, ref: pd.Series, same: bool = False) -> tuple[float | None, float, float]:
+    """``ratio_interval`` for one pair of cells rows; (None, nan, nan) when it is undefined."""
     if same:
         return 1.0, 1.0, 1.0
-    variance, reference_variance = float(row["variance"]), float(ref["variance"])
-    if not (variance > 0 and reference_variance > 0):
-        return None, math.nan, math.nan
-    spread = float(row["variance_stderr"]) / variance + float(ref["variance_stderr"]) / reference_variance
-    ratio = variance / reference_variance
-    factor = math.exp(1.959963984540054 * spread)
-    return ratio, ratio / factor, ratio * factor
+    values = [np.array([float(x)]) for x in (row["variance"], row["variance_stderr"], ref["variance"],
+                                             ref["variance_stderr"])]  # fmt: skip
+    ratio, low, high = (float(v[0]) for v in ratio_interval(*values))
+    return (None if math.isnan(ratio) else ratio), low, high
 
 
 def read_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:

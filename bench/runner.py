@@ -21,6 +21,12 @@ from problems.base import Params, Problem
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 MAX_BATCH = 1 << 16
+# On CPU a batch's estimated working set is capped at 128 MiB: past a few times the last-level cache
+# every array streams from memory, and larger batches got slower, not faster (measured on the
+# 2-core EPYC, 32 MiB L3, estimates per CPU-second: vae_bernoulli rloo 3.8e4 at 1024 estimates per
+# batch vs 2.2e4 at 7127; cartpole reinforce_rtg 1.3e5 at 4096 vs 9.7e4 at 65536).
+CPU_BATCH_BYTES = 128 << 20
+WARMUP = 64  # estimates in the untimed warm-up batch
 # Seeds of the cell's random streams. The main stream (the problem's noise) is seeded with ``seed``
 # itself, so every estimator on a problem sees the same samples; the others are independent of it.
 WARMUP_STREAM = 0x5EED
@@ -71,6 +77,8 @@ def param_names(params: Params) -> list[str]:
 
 def flatten(grads: Params, batch: int) -> Tensor:
     """{name: (B, *shape)} → (B, P) in dict order."""
+    if len(grads) == 1:  # a view, not a copy (cat would copy even one tensor)
+        return next(iter(grads.values())).reshape(batch, -1)
     return torch.cat([value.reshape(batch, -1) for value in grads.values()], dim=1)
 
 
@@ -101,12 +109,12 @@ def available_bytes(device: torch.device) -> int:
 
 def auto_batch_size(problem: Problem, n_params: int, n_samples: int, dtype: torch.dtype, device) -> int:
     """Estimates per batch so that one batch's working set uses at most 1/8 of free memory
-    (capped at 1 GiB on CPU, where bigger batches stop paying)."""
+    (and at most ``CPU_BATCH_BYTES`` on CPU, where bigger batches stop paying)."""
     element = torch.finfo(dtype).bits // 8
     per_estimate = element * (n_samples * problem.memory_per_sample() + 8 * n_params)
     budget = available_bytes(device) // 8
     if device.type == "cpu":
-        budget = min(budget, 1 << 30)
+        budget = min(budget, CPU_BATCH_BYTES)
     return int(max(1, min(MAX_BATCH, budget // per_estimate)))
 
 
@@ -138,7 +146,7 @@ def base_row(
         "seed": seed,
         "dtype": dtype,
         "device": str(problem.device),
-        "cost_evals": estimator.cost_evals(n_samples),
+        "cost_evals": estimator.cost_evals(n_samples, problem),
     }
 
 
@@ -202,6 +210,7 @@ def run_cell(
     exact_in_dtype = (
         None if reachable is None else flatten({k: v.unsqueeze(0) for k, v in reachable.items()}, 1)[0]
     )
+    problem.prepare(torch_dtype)
     params = {name: value.to(torch_dtype) for name, value in problem.params().items()}
     if batch_size is None:
         batch_size = auto_batch_size(problem, len(names), n_samples, torch_dtype, device)
@@ -225,11 +234,13 @@ def run_cell(
         synchronize(device)
         fit_seconds = time.perf_counter() - tic
 
-    estimate_batch(stream(WARMUP_STREAM), stream(WARMUP_STREAM + AUX_STREAM), min(batch_size, 64))
+    # The warm-up batch (untimed, its own noise) also gives the pilot mean that centres the
+    # variance's uncertainty stream (bench.stats).
+    pilot = estimate_batch(stream(WARMUP_STREAM), stream(WARMUP_STREAM + AUX_STREAM), min(batch_size, WARMUP))
     synchronize(device)
 
     generator, aux_generator = stream(0), stream(AUX_STREAM)
-    moments = empty_moments(len(names), device)
+    moments = empty_moments(len(names), device, centre=pilot.to(torch.float64).mean(0))
     finite = torch.ones(len(names), dtype=torch.bool, device=device)
     elapsed = cpu = 0.0
     done = 0

@@ -4,9 +4,10 @@ Batches of estimates g (B, P) are folded into running per-dimension central mome
 M2, M3, M4) with the pairwise update of Chan, Golub & LeVeque (1979) extended to third and fourth
 moments by Pébay (2008, "Formulas for robust, one-pass parallel computation of covariances and
 arbitrary-order statistical moments", Sandia SAND2008-6212), in float64. Beside them runs one scalar
-stream, s = ‖g − c‖² with c the running mean of the batches before (the batch's own mean for the
-first), whose mean and M2 give the uncertainty of the variance's trace without a P×P covariance.
-Memory is O(P) whatever the number of estimates.
+stream, s = ‖g − c‖² around a fixed centre c (the runner's pilot mean, from its warm-up batch on a
+separate noise stream; else the first batch's mean), whose mean and M2 give the uncertainty of the
+variance's trace without a P×P covariance. Every statistic is independent of how the estimates are
+cut into batches, and memory is O(P) whatever their number.
 """
 
 from __future__ import annotations
@@ -38,12 +39,17 @@ class Moments(NamedTuple):
     m4: Tensor  # (P,): Σ (g − mean)⁴
     trace_mean: Tensor  # (): mean of s
     trace_m2: Tensor  # (): Σ (s − mean s)²
+    centre: Tensor | None  # (P,): c in s = ‖g − c‖²; None until set
 
 
-def empty_moments(n_params: int, device: torch.device | str = "cpu") -> Moments:
+def empty_moments(n_params: int, device: torch.device | str = "cpu", centre: Tensor | None = None) -> Moments:
+    """No estimates yet. ``centre``: the fixed c of the trace's stream (a pilot mean of estimates
+    independent of the measured ones); None takes the first folded batch's mean."""
     zeros = torch.zeros(n_params, dtype=torch.float64, device=device)
     scalar = torch.zeros((), dtype=torch.float64, device=device)
-    return Moments(0, zeros, zeros.clone(), zeros.clone(), zeros.clone(), scalar, scalar.clone())
+    if centre is not None:
+        centre = centre.to(device=device, dtype=torch.float64)
+    return Moments(0, zeros, zeros.clone(), zeros.clone(), zeros.clone(), scalar, scalar.clone(), centre)
 
 
 def batch_moments(batch: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -91,21 +97,21 @@ def fold(moments: Moments, batch: Tensor) -> Moments:
     own = batch_moments(batch)
     if moments.count == 0:
         mean, m2, m3, m4 = own
-        reference = mean
     else:
-        reference = moments.mean
         previous = (moments.mean, moments.m2, moments.m3, moments.m4)
         mean, m2, m3, m4 = combine(moments.count, previous, n_batch, own)
-    # The trace's stream: s = ‖g − c‖² around the mean so far. c misses the true mean by
-    # O(σ/√count), which changes Var(s) by a relative O(1/count) (README, "The variance's interval").
-    s = ((batch - reference) ** 2).sum(1)  # (B,)
+    # The trace's stream s = ‖g − c‖². A centre c off the mean μ by d adds 4dᵀΣd to Var(s) (and a
+    # cross term of mean zero): with c a pilot mean of m independent estimates, E[4dᵀΣd] = 4tr(Σ²)/m,
+    # at most 2/m of Var(‖g − μ‖²) ≥ 2tr(Σ²) for Gaussian-like estimates; it widens the interval.
+    centre = own[0] if moments.centre is None else moments.centre
+    s = ((batch - centre) ** 2).sum(1)  # (B,)
     s_mean = s.mean()
     s_m2 = ((s - s_mean) ** 2).sum()
     count = moments.count + n_batch
     delta = s_mean - moments.trace_mean
     trace_mean = moments.trace_mean + delta * (n_batch / count)
     trace_m2 = moments.trace_m2 + s_m2 + delta**2 * (moments.count * n_batch / count)
-    return Moments(count, mean, m2, m3, m4, trace_mean, trace_m2)
+    return Moments(count, mean, m2, m3, m4, trace_mean, trace_m2, centre)
 
 
 class Summary(NamedTuple):
@@ -193,9 +199,10 @@ def summarize(
     (otherwise its norm would be shorter), and that coordinate alone is detected at level α with
     probability ≥ 80%. So "no bias above bias_resolution" holds with 80% power in every direction.
 
-    The variance's trace V = Σ_i var_i has standard error sqrt(Var(s)/n), s = ‖g − mean‖² (the
-    delta method: V̂ is the mean of s up to O(1/n)); the 95% interval is V̂·exp(±1.96·se/V̂), the
-    normal interval on log V (positive, and closer to nominal coverage for skewed s).
+    The variance's trace V = Σ_i var_i has standard error sqrt(Var(s)/n), s = ‖g − c‖² with c the
+    moments' centre (the delta method: V̂ is the mean of ‖g − μ‖² up to O(1/n)); the 95% interval is
+    V̂·exp(±1.96·se/V̂), the normal interval on log V (positive, and closer to nominal coverage for
+    the right-skewed s). It assumes the CLT for the mean of s, i.e. finite fourth moments of g.
     """
     if moments.count < 2:
         raise ValueError("need at least 2 estimates for a variance")

@@ -1,10 +1,11 @@
-"""The summary printed at the end of a sweep (and saved as out/summary.txt): short enough to read,
-with the full detail left to the tables.
+"""The summary printed at the end of a sweep (and saved as out/summary.txt): short enough to read
+(the default sweep's fits in 60 lines), with the full detail left to the tables.
 
-Per problem (and problem config): the estimators ranked by ``work_variance`` (variance × cost
-evaluations: the variance at a fixed budget of evaluations of f) at one n_samples, each with its
-95% interval, its ratio to the reference estimator, its cost and a bias verdict; ``exact`` once, as
-the gradient's norm; the pairs that do not apply as one line per estimator.
+Per problem (and problem config), at one n_samples: a header with the exact gradient's norm and the
+estimators that do not apply; the TOP estimators without a detected bias, ranked by
+``work_variance`` (variance × cost evaluations: the variance at a fixed budget of evaluations of f),
+each with its 95% interval, its ratio to the reference estimator, its cost and a bias verdict; and
+one line naming the rest in rank order, the estimators with a detected bias apart.
 """
 
 from __future__ import annotations
@@ -14,30 +15,29 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-TOP = 5  # ranked lines per problem; the rest are named in one line
+TOP = 3  # ranked lines per problem; the rest are named in one line
 
 
-def number(value: float) -> str:
+def number(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:.2g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.1e}"
 
 
-def verdict(row: pd.Series) -> str:
-    """The bias verdict of one ok cell."""
-    resolution = number(row["bias_resolution"])
+def verdict(row: pd.Series, alpha: float) -> str:
+    """The bias verdict of one ok cell: a conformance failure, a bias beyond the test's resolution,
+    no bias above the resolution, or unreliable (heavy tails)."""
     if row["conformance"] == "fail":
         return f"CONFORMANCE FAIL: bias {number(row['bias_norm'])} (p={row['bias_pvalue']:.1g})"
     if row["clt_ok"] is False or row["clt_ok"] == False:  # noqa: E712 (nullable boolean)
         return f"unreliable: heavy tails (kurtosis {row['kurtosis_max']:.3g})"
-    alpha = row.get("_alpha", 1e-3)
     if row["unbiased"] == False and row["bias_pvalue"] < alpha:  # noqa: E712
-        return f"biased: bias {number(row['bias_norm'])}, resolution {resolution}"
-    return f"no bias above {resolution}"
+        return f"biased: bias {number(row['bias_norm'])}, resolution {number(row['bias_resolution'])}"
+    return f"no bias above {number(row['bias_resolution'])}"
 
 
 def problem_blocks(ok: pd.DataFrame, problem_columns: Sequence[str]) -> list[tuple[str, pd.DataFrame]]:
-    """(label, rows) per problem and config values that vary within that problem."""
+    """(label, rows) per problem and the config values that vary within that problem."""
     blocks = []
     for problem, rows in ok.groupby("problem", sort=True):
         varying = [c for c in problem_columns if c in rows and rows[c].astype(str).nunique() > 1]
@@ -57,62 +57,44 @@ def chosen_samples(rows: pd.DataFrame) -> int:
     return min(values, key=lambda v: (abs(math.log(v / 4)), -v))
 
 
-def entry_label(row: pd.Series, estimator_columns: Sequence[str]) -> str:
-    label = str(row["estimator"])
-    extras = [f"{c}={row[c]:g}" if isinstance(row[c], float) else f"{c}={row[c]}" for c in estimator_columns
-              if c in row and not pd.isna(row[c])]  # fmt: skip
-    return f"{label}({', '.join(extras)})" if extras else label
+def short_label(row: pd.Series) -> str:
+    """The estimator, with its temperature where it has one (τ=0.5)."""
+    if "temperature" in row and not pd.isna(row["temperature"]):
+        return f"{row['estimator']}(τ={row['temperature']:g})"
+    return str(row["estimator"])
 
 
 def block_lines(
-    label: str, rows: pd.DataFrame, estimator_columns: Sequence[str], reference: str | None
+    label: str, rows: pd.DataFrame, skipped: pd.DataFrame, alpha: float, reference: str | None
 ) -> list[str]:
     n_samples = chosen_samples(rows)
     at = rows[rows["n_samples"] == n_samples]
-    exact = at[at["estimator"] == "exact"]
-    norm = rows["exact_norm"].iloc[0]
-    head = f"{label}  (n_samples={n_samples}; ‖∇‖={number(norm)}"
-    head += f"; ×{reference} = work ratio" if reference else ""
-    head += ")" if exact.empty else "; exact row ok)"
-    candidates = at[at["estimator"] != "exact"].copy()
+    head = f"{label}  n_samples={n_samples}  ‖∇‖={number(rows['exact_norm'].iloc[0])}"
+    absent = sorted(set(skipped["estimator"]) - set(rows["estimator"]))
+    if len(absent) > 6:
+        head += f"  ({len(absent)} estimators do not apply)"
+    elif absent:
+        head += f"  (not applicable: {', '.join(absent)})"
+    candidates = at[at["estimator"] != "exact"]
     # One entry per estimator: among its settings (temperatures...), the one with the lowest MSE.
-    candidates["_mse"] = candidates["mse"].astype(float)
-    best = candidates.sort_values("_mse").groupby("estimator", sort=False).head(1)
-    varying = [c for c in estimator_columns if c in best and best[c].notna().any()]
+    best = candidates.assign(_mse=candidates["mse"].astype(float)).sort_values("_mse", kind="stable")
+    best = best.groupby("estimator", sort=False).head(1)
     best = best.assign(_rank=best["work_variance"].astype(float)).sort_values("_rank", kind="stable")
+    verdicts = best.apply(lambda r: verdict(r, alpha), axis=1)
+    detected = verdicts.str.startswith(("biased", "CONFORMANCE"))
     lines = [head]
-    for rank, (_, row) in enumerate(best.head(TOP).iterrows(), start=1):
+    for rank, (index, row) in enumerate(best[~detected].head(TOP).iterrows(), start=1):
         ci = f"[{number(row['work_variance_ci_low'])}, {number(row['work_variance_ci_high'])}]"
-        ratio = f"×{number(row['work_ratio'])}" if not pd.isna(row["work_ratio"]) else ""
-        name = entry_label(
-            row,
-            [c for c in varying if c != "temperature"]
-            + (["temperature"] if "temperature" in varying else []),
-        )
+        ratio = "" if pd.isna(row["work_ratio"]) else f"×{number(row['work_ratio'])}"
         lines.append(
-            f"  {rank}. {name:<28} {number(row['work_variance']):>8} {ci:<20} {ratio:<8} "
-            f"{int(row['cost_evals']):>4} evals  {verdict(row)}"
+            f"  {rank}. {short_label(row):<22} {number(row['work_variance']):>8} {ci:<19} {ratio:<9}"
+            f"{int(row['cost_evals']):>5} evals  {verdicts[index]}"
         )
-    rest = best.iloc[TOP:]
-    if len(rest):
-        flagged = [
-            f"{r['estimator']} ({verdict(r)})"
-            for _, r in rest.iterrows()
-            if verdict(r).startswith(("CONF", "unrel"))
-        ]
-        names = ", ".join(str(e) for e in rest["estimator"])
-        lines.append(f"     then: {names}" + (f"; note {', '.join(flagged)}" if flagged else ""))
-    return lines
-
-
-def skipped_lines(table: pd.DataFrame) -> list[str]:
-    skipped = table[table["status"] == "skipped"]
-    lines = []
-    for estimator, rows in skipped.groupby("estimator", sort=True):
-        problems = ", ".join(sorted(rows["problem"].unique()))
-        reason = str(rows["reason"].iloc[0])
-        reason = reason.split(", which ")[0] if ", which " in reason else reason
-        lines.append(f"  {estimator}: not on {problems} ({reason})")
+    rest = [short_label(row) for _, row in best[~detected].iloc[TOP:].iterrows()]
+    flagged = [short_label(row) for _, row in best[detected].iterrows()]
+    tail = [text for text in (", ".join(rest), "biased: " + ", ".join(flagged) if flagged else "") if text]
+    if tail:
+        lines.append("     then: " + "; ".join(tail))
     return lines
 
 
@@ -121,8 +103,8 @@ def summarize_sweep(table: pd.DataFrame, *, alpha: float = 1e-3, reference: str 
     from bench.output import group_columns, usable_cores
 
     problem_columns = group_columns("problem", table.columns)
-    estimator_columns = group_columns("estimator", table.columns)
-    ok = table[table["status"] == "ok"].assign(_alpha=alpha)
+    ok = table[table["status"] == "ok"]
+    skipped = table[table["status"] == "skipped"]
     lines: list[str] = []
     failures = ok[ok["conformance"] == "fail"]
     if len(failures):
@@ -130,25 +112,32 @@ def summarize_sweep(table: pd.DataFrame, *, alpha: float = 1e-3, reference: str 
             f"CONFORMANCE FAILURES (declared unbiased, bias test rejects; family-wise alpha={alpha:g}):"
         )
         for _, row in failures.iterrows():
-            lines.append(f"  {row['problem']} × {row['estimator']} (n_samples={row['n_samples']}): "
-                         f"bias {number(row['bias_norm'])}, p={row['bias_pvalue']:.2g}, cell {row['cell']}")  # fmt: skip
-        lines.append("")
-    lines.append("ranked by work_variance = variance × cost evals (lower is better at equal budget); "
-                 "[95% CI]; bias verdict at alpha")  # fmt: skip
+            lines.append(
+                f"  {row['problem']} × {short_label(row)} (n_samples={row['n_samples']}): "
+                f"bias {number(row['bias_norm'])}, p={row['bias_pvalue']:.2g}, cell {row['cell']}"
+            )
+    ratio = f"; ×: work ratio to {reference}" if reference else ""
+    lines.append(
+        f"per problem, the {TOP} estimators without a detected bias with the lowest work_variance "
+        f"(variance × cost evals){ratio}; [95% CI]; bias verdicts at alpha={alpha:g}"
+    )
     for label, rows in problem_blocks(ok, problem_columns):
-        lines.extend(block_lines(label, rows, estimator_columns, reference))
+        problem_skips = skipped[skipped["problem"] == rows["problem"].iloc[0]]
+        lines.extend(block_lines(label, rows, problem_skips, alpha, reference))
     unreliable = ok[ok["conformance"] == "unreliable"]
     if len(unreliable):
-        lines.append(f"unreliable: {len(unreliable)} cells have heavy tails (n_estimates < 25·skewness²): their "
-                     "p-values and intervals are not trustworthy; raise n_estimates")  # fmt: skip
+        lines.append(
+            f"unreliable: {len(unreliable)} cell(s) with heavy tails (n_estimates < 25·skewness²): their "
+            "p-values and intervals are not trustworthy; raise n_estimates"
+        )
     busy = ok[ok["load_avg"].astype(float) > usable_cores() + 0.5]
     if len(busy):
-        lines.append(f"note: {len(busy)} cells were timed on a busy machine (1-minute load average above the "
-                     f"{usable_cores()} cores); their estimates_per_s is not comparable")  # fmt: skip
-    skipped = skipped_lines(table)
-    if skipped:
-        lines.append(f"skipped ({int((table['status'] == 'skipped').sum())} pairs that do not apply):")
-        lines.extend(skipped)
+        lines.append(
+            f"note: {len(busy)} cell(s) were timed on a busy machine (1-minute load average above the "
+            f"{usable_cores()} cores): their estimates_per_s is not comparable"
+        )
+    if len(skipped):
+        lines.append(f"skipped: {len(skipped)} pairs that do not apply (the reason column says why)")
     failed = table[table["status"] == "failed"]
     if len(failed):
         lines.append(f"FAILED ({len(failed)} cells):")

@@ -17,6 +17,7 @@ SIGINT/SIGTERM (the finished cells are merged; rerun the same command to resume)
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 import logging
 import math
@@ -171,8 +172,8 @@ def check_sweep_settings(cfg: Any) -> None:
     parse_threads(cfg["threads"])
     parse_reference(cfg["reference"])
     parse_duration(cfg["time_limit"])
-    parse_bool("resume", cfg["resume"])
-    parse_bool("plots", cfg["plots"])
+    for key in ("resume", "plots", "dry_run"):
+        parse_bool(key, cfg[key])
 
 
 def check_writable(out: Path) -> None:
@@ -256,12 +257,13 @@ class JobSpec:
     names: dict[str, str]
     configs: dict[str, dict[str, Any]]
     settings: dict[str, Any]
+    container: dict[str, Any] = field(default_factory=dict)  # the whole job config, Hydra's node aside
 
     def cell(self) -> str:
+        names, configs, settings = self.names, self.configs, self.settings
         return cell_id_from(
-            self.names["problem"], self.configs["problem"], self.names["estimator"], self.configs["estimator"],
-            self.settings["n_samples"], self.settings["n_estimates"], self.settings["seed"],
-            self.settings["dtype"],
+            names["problem"], configs["problem"], names["estimator"], configs["estimator"],
+            settings["n_samples"], settings["n_estimates"], settings["seed"], settings["dtype"],
         )  # fmt: skip
 
 
@@ -271,9 +273,7 @@ class Plan:
     cells: list[str] = field(default_factory=list)  # their cell ids
     skipped: list[str | None] = field(default_factory=list)  # why a cell will be skipped, or None
     labels: list[str] = field(default_factory=list)
-
-
-_ABSENT = object()
+    specs: list[JobSpec] = field(default_factory=list)
 
 
 def parse_value(override: str) -> Any:
@@ -289,70 +289,123 @@ def set_dotted(container: dict[str, Any], key: str, value: Any) -> None:
     container[parts[-1]] = value
 
 
+def pair_matches(pattern: str, problem: str, estimator: str, n_samples: int | None = None) -> bool:
+    """``problem:estimator[:n_samples]`` patterns: each part a shell wildcard (``vae_*``) or
+    alternatives joined by ``|`` (``bernoulli|categorical``, ``4|16``); a missing part matches all."""
+    parts = [*pattern.split(":"), "*", "*"][:3]
+    values = [problem, estimator, "*" if n_samples is None else str(n_samples)]
+    return all(
+        any(fnmatch.fnmatchcase(value, alternative.strip()) for alternative in part.split("|"))
+        for value, part in zip(values, parts, strict=True)
+    )
+
+
+@dataclass
+class GridRules:
+    """How the default grid (``hydra.sweeper.params``) is trimmed; none of it touches what the user
+    types. ``only``: a grid key applies just to the ``problem:estimator`` pairs matching one of its
+    patterns (the temperature grid to the relaxed estimators on the toy problems, not to RELAX's
+    initial λ or to the VAEs). ``exclude``: pairs the default grid leaves out (one cell of them takes
+    minutes); choosing ``problem`` or ``estimator`` on the command line lifts the exclusions. Patterns
+    are ``problem:estimator[:n_samples]`` (see ``pair_matches``)."""
+
+    only: dict[str, list[str]] = field(default_factory=dict)
+    exclude: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_config(cls, only: Any, exclude: Any, user_keys: Iterable[str]) -> GridRules:
+        user = set(user_keys)
+        rules = cls()
+        for key, patterns in dict(only or {}).items():
+            if key not in user:
+                rules.only[key] = [str(p) for p in ([patterns] if isinstance(patterns, str) else patterns)]
+        if not user & set(GROUPS):
+            rules.exclude = [str(p) for p in exclude or []]
+        return rules
+
+    def excludes(self, names: dict[str, str], n_samples: int) -> bool:
+        return any(pair_matches(p, names["problem"], names["estimator"], n_samples) for p in self.exclude)
+
+    def skips(self, key: str, names: dict[str, str]) -> bool:
+        """Whether the default grid's ``key`` does not apply to this pair."""
+        patterns = self.only.get(key)
+        return patterns is not None and not any(
+            pair_matches(p, names["problem"], names["estimator"]) for p in patterns
+        )
+
+
 def plan(
     jobs: Sequence[Sequence[str]],
     compose: Callable[[list[str]], DictConfig],
     base: DictConfig,
     user_keys: Iterable[str] = (),
+    rules: GridRules | None = None,
 ) -> Plan:
     """Normalize, validate and de-duplicate the expanded grid; raise ConfigError before any work.
 
-    ``compose`` turns an override list into a job config; it is called once per combination of
-    problem and estimator choices (and Hydra's own keys), and the other overrides are applied to
-    that composition directly, which keeps planning a big grid fast. A key in ``user_keys`` (typed
-    on the command line) that applies to no job is an error; a key of the default grid that applies
-    to no job (a temperature grid in a sweep without Gumbel-softmax) is dropped quietly.
+    Planning does not compose a Hydra config per job (a composition takes ~0.1–0.5 s): a job's
+    config is the base config with the chosen problem's and estimator's YAML (plain mappings) in
+    place and the job's other overrides set on it. ``compose`` is called only for jobs with
+    Hydra's own keys or ``+``/``~`` overrides. A key in ``user_keys`` (typed on the command line)
+    that applies to no job is an error; a key of the default grid that applies to no job (a
+    temperature grid in a sweep without Gumbel-softmax) is dropped quietly.
     """
     check_top_level_keys(jobs, base)
-    compositions: dict[tuple[str, ...], tuple[DictConfig, dict[str, Any]]] = {}
+    rules = rules or GridRules()
+    base_container = job_container(base)
+    base_choices = dict(base.hydra.runtime.choices)
     parsed: dict[str, Any] = {}
     used: dict[str, int] = {}
     specs: dict[str, tuple[list[str], JobSpec]] = {}
+    composed_cache: dict[tuple[str, ...], dict[str, Any]] = {}
     for job in jobs:
-        for group in GROUPS:
-            for override in job:
-                if override_key(override) == group:
-                    name = override.split("=", 1)[1]
-                    if name not in group_options(group):
-                        raise unknown_name(group, name, group_options(group))
-        special = any(o.startswith(("+", "~")) for o in job)
-        outer = tuple(
-            o for o in job if special or override_key(o) in GROUPS or override_key(o).startswith("hydra")
-        )
-        if outer not in compositions:
-            composed = compose(list(outer))
-            compositions[outer] = (composed, job_container(composed))
-        composed, container = compositions[outer]
-        container = copy.deepcopy(container)
+        names = {group: base_choices[group] for group in GROUPS}
+        for override in job:
+            key = override_key(override)
+            if key in GROUPS:
+                name = override.split("=", 1)[1]
+                if name not in group_options(key):
+                    raise unknown_name(key, name, group_options(key))
+                names[key] = name
+        special = tuple(o for o in job if o.startswith(("+", "~")) or override_key(o).startswith("hydra"))
+        if special:
+            outer = tuple(o for o in job if override_key(o) in GROUPS) + special
+            if outer not in composed_cache:
+                composed_cache[outer] = job_container(compose(list(outer)))
+            container = copy.deepcopy(composed_cache[outer])
+        else:
+            container = copy.deepcopy(base_container)
+            for group in GROUPS:
+                container[group] = default_config(group, names[group])
         kept = []
         for override in job:
             key = override_key(override)
             if member_group(key) is not None:
-                applies = (
-                    override.startswith("+")
-                    or OmegaConf.select(composed, key, default=_ABSENT) is not _ABSENT
-                )
+                applies = override.startswith("+") or has_dotted(container, key)
+                if rules.skips(key, names):
+                    continue
                 used[key] = used.get(key, 0) + applies
                 if not applies:
                     continue
             kept.append(override)
-            if override in outer:
+            if key in GROUPS or override in special:
                 continue
             if override not in parsed:
                 parsed[override] = parse_value(override)
             set_dotted(container, key, parsed[override])
+        if rules.excludes(names, container["n_samples"]):
+            continue
         spec = JobSpec(
-            names={group: composed.hydra.runtime.choices[group] for group in GROUPS},
-            configs={group: container[group] for group in GROUPS},
-            settings=cell_settings(container),
-        )
+            names=names, configs={g: container[g] for g in GROUPS}, settings=cell_settings(container),
+            container=container,
+        )  # fmt: skip
         cell = spec.cell()
         if cell not in specs:
             specs[cell] = (kept, spec)
         check_sweep_settings(container)
     unused = [key for key, count in used.items() if count == 0 and key in set(user_keys)]
     if unused:
-        raise unknown_key_error(unused[0], [c for c, _ in compositions.values()])
+        raise unknown_key_error(unused[0], [spec for _job, spec in specs.values()])
     result = Plan()
     built: dict[str, Any] = {}
     for cell, (job, spec) in specs.items():
@@ -360,12 +413,20 @@ def plan(
         result.cells.append(cell)
         result.skipped.append(why_skip(spec, built))
         result.labels.append(f"{spec.names['problem']} × {spec.names['estimator']}")
+        result.specs.append(spec)
     if all(reason is not None for reason in result.skipped):
-        raise ConfigError(
-            "estimator",
-            "no cell of this sweep applies: " + "; ".join(sorted(set(result.skipped))),  # type: ignore[arg-type]
-        )
+        reasons = "; ".join(sorted({reason for reason in result.skipped if reason}))
+        raise ConfigError("estimator", "no cell of this sweep applies: " + reasons)
     return result
+
+
+def has_dotted(container: dict[str, Any], key: str) -> bool:
+    node: Any = container
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def job_container(cfg: DictConfig) -> dict[str, Any]:
@@ -399,12 +460,11 @@ def check_top_level_keys(jobs: Iterable[Sequence[str]], base: DictConfig) -> Non
                 raise ConfigError(key, f"unknown key; valid keys: {', '.join(valid)}")
 
 
-def unknown_key_error(key: str, configs: Iterable[DictConfig]) -> ConfigError:
+def unknown_key_error(key: str, specs: Iterable[JobSpec]) -> ConfigError:
     group = key.split(".", 1)[0]
     choices: dict[str, list[str]] = {}
-    for cfg in configs:
-        name = cfg.hydra.runtime.choices[group]
-        choices[name] = [f"{group}.{k}" for k in cfg[group]]
+    for spec in specs:
+        choices[spec.names[group]] = [f"{group}.{k}" for k in spec.configs[group]]
     listing = "; ".join(f"{name}: {', '.join(keys) or '(no keys)'}" for name, keys in sorted(choices.items()))
     return ConfigError(key, f"unknown key: no {group} in this sweep has it. Valid keys: {listing}")
 
@@ -419,6 +479,21 @@ def why_skip(spec: JobSpec, built: dict[str, Any]) -> str | None:
         objects[group] = built[key]
     estimator: Estimator = objects["estimator"]
     return estimator.why_not(objects["problem"], spec.settings["n_samples"])
+
+
+def describe_plan(grid: Plan, out: Path) -> str:
+    """What a dry run prints: cells per problem × estimator, and which pairs will be skipped."""
+    counts: dict[str, list[int]] = {}
+    for label, reason in zip(grid.labels, grid.skipped, strict=True):
+        entry = counts.setdefault(label, [0, 0])
+        entry[reason is not None] += 1
+    reused = reusable(out, grid.cells)
+    lines = [f"bench: dry run: {len(grid.cells)} cells, {len(reused)} of them already finished in {out}"]
+    for label, (run, skip) in counts.items():
+        lines.append(
+            f"  {label:<40} {run:>4} to run" + (f", {skip} skipped (does not apply)" if skip else "")
+        )
+    return "\n".join(lines)
 
 
 def reusable(out: Path, cells: Sequence[str]) -> set[str]:
@@ -457,7 +532,8 @@ class Progress:
             self.last = now
             rate = self.done / (now - self.started)
             eta = format_duration((self.total - self.done) / rate)
-            log.info(f"  {self.label}: {self.done:,} of {self.total:,} estimates ({self.done / self.total:.0%}), "
+            share = self.done / self.total
+            log.info(f"  {self.label}: {self.done:,} of {self.total:,} estimates ({share:.0%}), "
                      f"{rate:.3g}/s, about {eta} left")  # fmt: skip
 
     def close(self) -> None:
@@ -493,8 +569,14 @@ def time_guard(
     return guard
 
 
-def run_job(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
-    """Run the cell ``cfg`` and write its files; a failure becomes a ``failed`` row, not a crash."""
+def run_job(
+    cfg: DictConfig, choices: dict[str, str], problems: dict[str, Problem] | None = None
+) -> dict[str, Any]:
+    """Run the cell ``cfg`` and write its files; a failure becomes a ``failed`` row, not a crash.
+
+    ``problems``: built problems to reuse across the cells of one process, by config (a problem is
+    functional, and keeps its exact gradient and dtype casts between cells); estimators are built
+    fresh for every cell, since a fit stage changes them."""
     out = Path(cfg.out)
     names = {group: choices[group] for group in GROUPS}
     configs = {group: OmegaConf.to_container(cfg[group], resolve=True) for group in GROUPS}
@@ -512,7 +594,13 @@ def run_job(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
         threads = parse_threads(cfg.threads) or auto_threads(launcher_workers())
         torch.set_num_threads(threads)
         device = resolve_device(cfg.device)
-        problem: Problem = build("problem", names["problem"], configs["problem"], device)
+        key = json.dumps([names["problem"], configs["problem"], str(device)], sort_keys=True, default=str)
+        if problems is not None and key in problems:
+            problem: Problem = problems[key]
+        else:
+            problem = build("problem", names["problem"], configs["problem"], device)
+            if problems is not None:
+                problems[key] = problem
         estimator: Estimator = build("estimator", names["estimator"], configs["estimator"])
         row["unbiased"] = estimator.unbiased
         label = f"{names['problem']} × {names['estimator']} (n_samples={cfg.n_samples})"
@@ -552,25 +640,75 @@ def describe(row: dict[str, Any]) -> str:
 def task(cfg: DictConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
+    if cfg.get("bench_plan"):  # a chunk of planned cells (parallel and cluster launchers)
+        return run_chunk(cfg.bench_plan, cfg.bench_chunk)
     return run_job(cfg, dict(HydraConfig.get().runtime.choices))
 
 
 # --- running the plan --------------------------------------------------------------------------
+def run_in_process(specs: Sequence[JobSpec], problems: dict[str, Problem] | None = None) -> list[Any]:
+    """Run planned cells one after another in this process: what Hydra's basic launcher does,
+    without composing each job's config again (~0.2 s a job; the plan already holds it).
+    ``problems``: built problems to reuse (a fresh cache when None)."""
+    problems = {} if problems is None else problems
+    for spec in specs:
+        run_job(OmegaConf.create(spec.container), spec.names, problems)
+    return []
+
+
+# Problems built by this worker process, kept across the chunks it runs: a chunk holds cells of
+# every problem (chunks are interleaved), and building one (data, exact gradient by enumeration)
+# can take seconds; rebuilding per chunk made two joblib workers slower than one process.
+WORKER_PROBLEMS: dict[str, Problem] = {}
+
+
+def chunks(indices: Sequence[int], count: int) -> list[list[int]]:
+    """``count`` interleaved chunks (cell i goes to chunk i mod count), so that long and short
+    cells spread evenly over parallel workers."""
+    count = max(1, min(count, len(indices)))
+    return [list(indices[start::count]) for start in range(count)]
+
+
+def write_plan(grid: Plan, out: Path, parts: Sequence[Sequence[int]]) -> Path:
+    """The planned cells of each chunk, for launcher jobs to read (out/.bench/plan.json)."""
+    payload = [[{"names": grid.specs[i].names, "container": grid.specs[i].container} for i in part]
+               for part in parts]  # fmt: skip
+    path = (scratch(out) / "plan.json").resolve()
+    write_text_atomic(json.dumps(payload, default=str), path)
+    return path
+
+
+def run_chunk(plan_path: str, chunk: int) -> list[Any]:
+    """A launcher job: run chunk ``chunk`` of the plan the sweeper wrote."""
+    payload = json.loads(Path(plan_path).read_text())[chunk]
+    specs = [JobSpec(entry["names"], {}, {}, entry["container"]) for entry in payload]
+    return run_in_process(specs, WORKER_PROBLEMS)
+
+
 def execute(
     grid: Plan,
     out: Path,
     sweep_config: DictConfig,
-    launch: Callable[[list[list[str]], int], Any],
+    launch: Callable[[list[int]], Any],
     batch_size: int | None = None,
 ) -> int:
     """Run the planned grid (reusing finished cells), then merge, summarize and plot; return the
-    exit status. ``launch(jobs, first_index)`` runs jobs through Hydra's launcher."""
+    exit status. ``launch(indices)`` runs the planned cells with those indices."""
     config = OmegaConf.to_container(sweep_config, resolve=False)
     settings = {key: sweep_config[key] for key in ("resume", "time_limit", "alpha", "reference", "plots")}
     total = len(grid.jobs)
     reused = reusable(out, grid.cells) if settings["resume"] else set()
     others = set(finished_cells(out)) - set(grid.cells)
-    to_run = [(job, cell) for job, cell in zip(grid.jobs, grid.cells, strict=True) if cell not in reused]
+    # Pairs that do not apply are recorded here, without launching a job for each.
+    metadata = run_metadata(config)
+    for cell, spec, reason in zip(grid.cells, grid.specs, grid.skipped, strict=True):
+        if reason is not None and cell not in reused:
+            write_cell(out, skipped_row(cell, spec, reason), [], spec.configs, metadata)
+    to_run = [
+        index
+        for index, (cell, reason) in enumerate(zip(grid.cells, grid.skipped, strict=True))
+        if cell not in reused and reason is None
+    ]
     n_skip = sum(reason is not None for reason in grid.skipped)
     print(
         f"bench: {total} cells ({n_skip} pairs that do not apply, recorded as skipped)"
@@ -592,8 +730,7 @@ def execute(
     try:
         size = batch_size or len(to_run) or 1
         for start in range(0, len(to_run), size):
-            batch = [job for job, _cell in to_run[start : start + size]]
-            for result in launch(batch, start) or []:
+            for result in launch(to_run[start : start + size]) or []:
                 _ = result.return_value  # re-raises a job that crashed outside its own handler
     except KeyboardInterrupt:
         stopped = Interrupted(signal.SIGINT)
@@ -618,6 +755,16 @@ def execute(
             print(f"bench: stopped after {len(finished)} of {total} cells: {stopped}", file=sys.stderr)
         return stopped.exit_status
     return status
+
+
+def skipped_row(cell: str, spec: JobSpec, reason: str) -> dict[str, Any]:
+    """The row of a planned cell whose estimator does not apply to its problem."""
+    estimator = REGISTRIES["estimator"][spec.names["estimator"]]
+    return {
+        "cell": cell, "problem": spec.names["problem"], "estimator": spec.names["estimator"],
+        "status": "skipped", "reason": reason, "unbiased": estimator.unbiased,
+        **{key: spec.settings[key] for key in ("n_samples", "n_estimates", "seed", "dtype")},
+    }  # fmt: skip
 
 
 def raise_interrupted(signum: int, _frame: Any) -> None:
@@ -723,6 +870,7 @@ def help_text() -> str:
         "  bench sweep problem=bernoulli,categorical estimator=reinforce,rloo n_samples=2,8,32",
         "  bench sweep estimator=gumbel_softmax estimator.temperature=0.1,0.3,1,3",
         "  bench sweep hydra/launcher=joblib hydra.launcher.n_jobs=2     # parallel processes",
+        "  bench sweep --dry-run                                         # plan only: list the cells",
         "",
         "exit status: 0 done, 1 a cell failed, 2 bad input, 3 conformance failure, "
         "4 stopped by time_limit, 130/143 interrupted",
@@ -749,6 +897,7 @@ def main(overrides: Sequence[str]) -> None:
     if any(arg in ("-h", "--help") for arg in overrides):
         print(help_text())
         sys.exit(EXIT_OK)
+    overrides = ["dry_run=true" if arg == "--dry-run" else arg for arg in overrides]
     try:
         arguments = hydra_arguments(overrides)
     except (ConfigError, HydraException) as error:

@@ -66,8 +66,10 @@ class Estimator:
         """The config values this instance was built from (for tables and cell ids)."""
         return dict(self._config)
 
-    def cost_evals(self, n_samples: int) -> int:
-        """How many evaluations of the cost f one estimate uses."""
+    def cost_evals(self, n_samples: int, problem: Problem | None = None) -> int:
+        """How many evaluations of the cost f (relaxed f̃ included) one estimate spends on
+        ``problem``. Some counts depend on the problem (mvd: 4·D·n_samples); without one, an
+        estimator reports its count per latent coordinate."""
         return n_samples
 
     def why_not(self, problem: Problem, n_samples: int) -> str | None:

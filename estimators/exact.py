@@ -19,7 +19,7 @@ class Exact(Estimator):
     name = "exact"
     unbiased = True
 
-    def cost_evals(self, n_samples: int) -> int:
+    def cost_evals(self, n_samples: int, problem: Problem | None = None) -> int:
         return 0
 
     def estimate(self, problem: Problem, params: Params, noise: Tensor) -> Params:

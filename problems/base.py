@@ -47,6 +47,11 @@ class Problem(ABC):
       gaussian_latent: x = μ + σ ε with (μ, σ) = ``loc_scale(params)`` and noise ε ~ N(0, I).
     With a latent flag, ``preimage``/``hard``/``conditional_preimage``/``relax`` give estimators
     the continuous pre-image z of the sample and z̃ ~ p(z | x) from the same noise.
+      has_score: ``score`` gives ∇θ log p(x; θ) per sample in closed form, ``weighted_score`` its
+        weighted sum over samples (and ``weighted_step_score`` per step when ``sequential``).
+      cost_depends_on_params: f(θ, x) depends on θ directly (an ELBO's log q), so ∇θ f ≠ 0. True
+        unless a problem declares otherwise: score-function estimators take the closed-form path
+        (which drops ∇θ f) only on problems that declare has_score and cost_depends_on_params = False.
     """
 
     name: ClassVar[str] = ""
@@ -58,6 +63,8 @@ class Problem(ABC):
     binary_latent: ClassVar[bool] = False
     categorical_latent: ClassVar[bool] = False
     gaussian_latent: ClassVar[bool] = False
+    has_score: ClassVar[bool] = False
+    cost_depends_on_params: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -101,6 +108,11 @@ class Problem(ABC):
         if self._exact is None:
             self._exact = self.exact_gradient()
         return self._exact
+
+    def prepare(self, dtype: torch.dtype) -> None:  # noqa: B027 (an optional hook: most cache nothing)
+        """Build whatever the problem caches for ``dtype``. The runner calls it before fitting and
+        estimating, outside any torch.func transform (a cache filled inside one would hold the
+        transform's wrapped tensors)."""
 
     def exact_in(self, dtype: torch.dtype) -> Params | None:
         """The gradient that estimates in ``dtype`` can reach: ∇E[f] computed in ``dtype`` by
@@ -150,6 +162,38 @@ class Problem(ABC):
     def step_rewards(self, params: Params, x: Sample) -> Tensor:
         """Per-step discounted terms γ^t r_t that sum to ``cost``: (*batch, T) (``sequential``)."""
         raise NotImplementedError(f"{self.name} is not sequential")
+
+    def cost_and_log_prob(self, params: Params, x: Sample) -> tuple[Tensor, Tensor]:
+        """(f(θ, x), log p(x; θ)), each (*batch,). A problem whose two share work that depends on θ
+        (a VAE's encoder) overrides this to do it once: computed separately, the shared part is
+        differentiated twice (score-function estimators need both)."""
+        return self.cost(params, x), self.log_prob(params, x)
+
+    # --- closed-form score (has_score) -----------------------------------------------------------
+    def score(self, params: Params, x: Sample) -> Params:
+        """∇θ log p(x; θ) per sample, in closed form (``has_score``): {name: (*batch, *shape)}."""
+        raise NotImplementedError(f"{self.name} has no closed-form score")
+
+    def weighted_score(self, params: Params, x: Sample, weights: Tensor) -> Params:
+        """Σ_s w_s ∇θ log p(x_s; θ), summed over the LAST batch axis (``has_score``): x with batch
+        (*lead, S), weights (*lead, S) → {name: (*lead, *shape)}. This default contracts ``score``;
+        a problem may override it to avoid materializing per-sample scores."""
+        lead = weights.shape
+        contracted = {}
+        for name, value in self.score(params, x).items():  # a few named tensors, not samples
+            per_sample = value.reshape(*lead, -1)  # (*lead, S, P)
+            if lead[-1] == 1:  # one sample: a product, no reduction over a length-1 axis
+                summed = weights * per_sample.squeeze(-2)  # (*lead[:-1], P)
+            else:
+                summed = (weights.unsqueeze(-1) * per_sample).sum(-2)  # (*lead[:-1], P)
+            contracted[name] = summed.reshape(*lead[:-1], *value.shape[len(lead) :])
+        return contracted
+
+    def weighted_step_score(self, params: Params, x: Sample, step_weights: Tensor) -> Params:
+        """Σ_s Σ_t w_st ∇θ log π(a_t | s_t), the per-step scores weighted and summed over the last
+        batch axis and the steps (``sequential`` and ``has_score``): step_weights (*lead, S, T) →
+        {name: (*lead, *shape)}."""
+        raise NotImplementedError(f"{self.name} has no closed-form per-step score")
 
     # --- latent access (binary_latent, categorical_latent, gaussian_latent) -------------------
     def logits(self, params: Params) -> Tensor:
@@ -221,4 +265,4 @@ def open_uniform(generator: torch.Generator, shape: tuple[int, ...], dtype: torc
     """Uniforms in the open interval (0, 1), so log u and log(1 − u) stay finite."""
     u = torch.rand(shape, generator=generator, dtype=dtype, device=device)
     tiny = torch.finfo(dtype).tiny
-    return u.clamp(min=tiny, max=1.0 - torch.finfo(dtype).eps / 2)
+    return u.clamp_(min=tiny, max=1.0 - torch.finfo(dtype).eps / 2)  # in place: one pass, no copy

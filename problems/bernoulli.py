@@ -15,7 +15,8 @@ class Bernoulli(Problem):
     """b_i ~ Bernoulli(sigmoid(θ_i)), i = 1..D, independent; f(b) = Σ_i (b_i − target_i)².
 
     Parameters: the logits θ (``theta``). Relaxed cost: the same formula at b ∈ [0, 1].
-    Exact gradient (closed form): ∂E[f]/∂θ_i = σ(θ_i)(1 − σ(θ_i))(1 − 2 target_i).
+    Exact gradient: autograd through the closed-form E[f], which gives
+    ∂E[f]/∂θ_i = σ(θ_i)σ(−θ_i)(1 − 2 target_i), accurate even at saturated logits.
     Noise: u ~ U(0, 1)^D; b = 1[u > 1 − σ(θ)], equivalently 1[θ + logit(u) > 0], so the binary
     Concrete relaxation σ((θ + logit(u))/τ) (Maddison et al. 2017) shares the noise.
     """
@@ -25,6 +26,8 @@ class Bernoulli(Problem):
     has_relaxed_cost = True
     has_enumerate_support = True
     binary_latent = True
+    has_score = True
+    cost_depends_on_params = False
 
     def __init__(
         self,
@@ -57,6 +60,10 @@ class Bernoulli(Problem):
         theta = params["theta"]
         return (x * F.logsigmoid(theta) + (1.0 - x) * F.logsigmoid(-theta)).sum(-1)
 
+    def score(self, params: Params, x: Tensor) -> Params:
+        """∇θ log p(b; θ) = b − σ(θ) per sample: {"theta": (*batch, D)}."""
+        return {"theta": x - torch.sigmoid(params["theta"])}
+
     def cost(self, params: Params, x: Tensor) -> Tensor:
         return ((x - self.target.to(x.dtype)) ** 2).sum(-1)
 
@@ -69,10 +76,15 @@ class Bernoulli(Problem):
     def expected_cost(self, params: Params, min_prob: float = 0.0) -> Tensor:
         """E[f] in closed form: Σ_i σ(θ_i)(1 − t_i)² + (1 − σ(θ_i)) t_i². A bit whose rarer value
         has probability below ``min_prob`` is held at its likelier value (``Problem.exact_in``)."""
-        probs = torch.sigmoid(params["theta"])
-        probs = torch.where(probs < min_prob, 0.0, torch.where(1.0 - probs < min_prob, 1.0, probs))
-        target = self.target.to(probs.dtype)
-        return (probs * (1.0 - target) ** 2 + (1.0 - probs) * target**2).sum()
+        theta = params["theta"]
+        # exp(log σ(±θ)) rather than σ(θ) and 1 − σ(θ): autograd then gives σ(θ)σ(−θ) accurately at
+        # saturated logits (at θ = 80, 1 − σ(θ) rounds to 0 even in float64; σ(−θ) = 1.8e-35 does not).
+        probs, complement = torch.exp(F.logsigmoid(theta)), torch.exp(F.logsigmoid(-theta))
+        rare_one, rare_zero = probs < min_prob, complement < min_prob
+        probs = torch.where(rare_one, 0.0, torch.where(rare_zero, 1.0, probs))
+        complement = torch.where(rare_one, 1.0, torch.where(rare_zero, 0.0, complement))
+        target = self.target.to(theta.dtype)
+        return (probs * (1.0 - target) ** 2 + complement * target**2).sum()
 
     def exact_gradient(self) -> Params:
         params = {"theta": self.theta.clone().requires_grad_(True)}

@@ -154,6 +154,8 @@ class CartPole(Problem):
     has_relaxed_cost = False
     has_enumerate_support = False
     sequential = True
+    has_score = True
+    cost_depends_on_params = False
 
     def __init__(
         self,
@@ -196,9 +198,12 @@ class CartPole(Problem):
         uniforms = noise.to(torch.float64)  # (*batch, H + 1)
         state = self.initial_state(uniforms[..., 0])  # (*batch, 4)
         alive = torch.ones_like(uniforms[..., 0], dtype=torch.bool)  # (*batch,)
+        # Two actions: π(1|s) = softmax(Ws + b)₁ = σ(s·(w₁ − w₀) + b₁ − b₀), one matrix-vector
+        # product and a sigmoid per step instead of a (…, 2) log-softmax (a fifth of the rollout).
+        gap_weight, gap_bias = weight[1] - weight[0], bias[1] - bias[0]  # (4,), ()
         states, actions, alives = [], [], []
         for t in range(self.horizon):
-            prob_right = action_log_probs(weight, bias, state)[..., 1].exp()  # (*batch,)
+            prob_right = torch.sigmoid(state @ gap_weight + gap_bias)  # (*batch,)
             action = (uniforms[..., t + 1] < prob_right).to(torch.float64)  # (*batch,)
             states.append(state)
             actions.append(action)
@@ -232,6 +237,43 @@ class CartPole(Problem):
         _states, _actions, alive = x
         dtype = params["weight"].dtype
         return alive.to(dtype) * self.discounts(alive.device, dtype)  # (*batch, H)
+
+    # --- closed-form score (has_score) ---------------------------------------------------------
+    def score(self, params: Params, x: CartPoleSample) -> Params:
+        """∇θ log p(τ; θ) = Σ_t alive_t (onehot(a_t) − π(·|s_t)) ⊗ (s_t, 1) per episode:
+        {"weight": (*batch, 2, 4), "bias": (*batch, 2)}."""
+        states, actions, alive = x
+        single = (states.unsqueeze(-3), actions.unsqueeze(-2), alive.unsqueeze(-2))  # a set of one sample
+        return self.weighted_step_score(params, single, torch.ones_like(single[2]))
+
+    def weighted_score(self, params: Params, x: CartPoleSample, weights: Tensor) -> Params:
+        """Σ_s w_s ∇θ log p(τ_s; θ) over the last batch axis: weights (*lead, S) → {name: (*lead, *shape)}."""
+        return self.weighted_step_score(params, x, weights.unsqueeze(-1))
+
+    def weighted_step_score(self, params: Params, x: CartPoleSample, step_weights: Tensor) -> Params:
+        """Σ_s Σ_t w_st alive_st (onehot(a_st) − π(·|s_st)) ⊗ (s_st, 1) over the last batch axis and
+        the steps: step_weights (*lead, S, T) (or (*lead, S, 1): one weight per episode) →
+        {"weight": (*lead, 2, 4), "bias": (*lead, 2)}.
+
+        With two actions, π(1|s) = σ(l₁ − l₀) and onehot(a) − π = (−δ, δ) with δ = a − π(1|s), so
+        one contraction gives both rows. Computed in float64, the rollout's dtype (no copy of the
+        states), and returned in the parameters' dtype. The (*lead, S, T) intermediate is built in
+        place: at the runner's batch sizes it is tens of MB, and every fresh array that size costs
+        page faults.
+        """
+        states, actions, alive = x  # (*lead, S, T, 4), (*lead, S, T), (*lead, S, T): float64
+        weight, bias = params["weight"], params["bias"]
+        gap_weight = (weight[1] - weight[0]).to(states.dtype)  # (4,): l₁ − l₀ = s·gap_weight + gap_bias
+        gap_bias = (bias[1] - bias[0]).to(states.dtype)
+        signed = torch.matmul(states, gap_weight)  # (*lead, S, T)
+        signed.add_(gap_bias).sigmoid_().sub_(actions).neg_()  # δ = a − π(1|s)
+        signed.mul_(alive).mul_(step_weights)  # w alive δ
+        row = torch.einsum("...st,...stj->...j", signed, states)  # (*lead, 4): Σ_st w alive δ s
+        row_bias = signed.sum((-2, -1))  # (*lead,)
+        return {
+            "weight": torch.stack([-row, row], -2).to(weight.dtype),  # (*lead, 2, 4)
+            "bias": torch.stack([-row_bias, row_bias], -1).to(bias.dtype),  # (*lead, 2)
+        }
 
     def exact_gradient(self) -> Params:
         params = {name: value.requires_grad_(True) for name, value in self.params().items()}

@@ -54,6 +54,8 @@ class Gaussian(Problem):
     discrete = False
     has_rsample = True
     gaussian_latent = True
+    has_score = True
+    cost_depends_on_params = False
 
     def __init__(
         self,
@@ -66,8 +68,6 @@ class Gaussian(Problem):
         super().__init__(device, mu=list(mu), sigma=list(sigma), cost=cost, k=k)
         self.mu = as_tensor_list("problem.mu", mu, device=device)
         self.sigma = as_tensor_list("problem.sigma", sigma, length=self.mu.numel(), device=device)
-        # k is recorded per dimension whichever way it was given, so tables hold one form of it.
-        self._config["k"] = as_tensor_list("problem.k", k, length=self.mu.numel()).tolist()
         if (self.sigma <= 0).any():
             raise ConfigError("problem.sigma", f"every value must be > 0, got {list(sigma)}")
         if cost not in COSTS:
@@ -97,6 +97,14 @@ class Gaussian(Problem):
         mu, sigma = params["mu"], params["sigma"]
         z = (x - mu) / sigma
         return (-0.5 * z**2 - torch.log(sigma) - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def score(self, params: Params, x: Tensor) -> Params:
+        """∇ log N(x; μ, σ²) per sample: (x − μ)/σ² for ``mu`` and ((x − μ)² − σ²)/σ³ for ``sigma``
+        (σ itself is the parameter): {"mu": (*batch, D), "sigma": (*batch, D)}."""
+        mu, sigma = params["mu"], params["sigma"]
+        centred = x - mu  # (*batch, D)
+        variance = sigma * sigma
+        return {"mu": centred / variance, "sigma": (centred * centred - variance) / (variance * sigma)}
 
     def cost(self, params: Params, x: Tensor) -> Tensor:
         return cost_value(self.cost_name, x, self.k.to(x.dtype)).sum(-1)

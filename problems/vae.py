@@ -36,6 +36,7 @@ every value that affects it, written atomically (temporary file + os.replace); n
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -53,6 +54,7 @@ from torch import Tensor
 from bench.errors import ConfigError
 from problems.base import Params, Problem, open_uniform
 
+N_DIGITS = 1797  # images in scikit-learn's digits
 BINARIZE_THRESHOLD = 8  # pixel values are 0..16; a pixel is on when its value is > 8
 N_PIXELS = 64
 STATES = ("init", "trained")
@@ -66,19 +68,25 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 
 # --- data ----------------------------------------------------------------------------------------
+@functools.cache
 def load_binarized_digits() -> Tensor:
-    """All 1797 digits, binarized at pixel > BINARIZE_THRESHOLD: (1797, 64) float64 of 0/1."""
+    """All 1797 digits, binarized at pixel > BINARIZE_THRESHOLD: (1797, 64) float64 of 0/1.
+    Loaded once per process (callers must not modify it)."""
     from sklearn.datasets import load_digits  # imported here: importing sklearn takes ~1 s
 
     pixels = torch.from_numpy(load_digits().data)  # (1797, 64), values 0..16
     return (pixels > BINARIZE_THRESHOLD).to(torch.float64)
 
 
+def minibatch_indices(n_images: int, batch_size: int, data_seed: int) -> Tensor:
+    """Which ``batch_size`` distinct images a generator seeded with ``data_seed`` chooses: (B,)."""
+    generator = torch.Generator().manual_seed(data_seed)
+    return torch.randperm(n_images, generator=generator)[:batch_size]
+
+
 def choose_minibatch(images: Tensor, batch_size: int, data_seed: int) -> Tensor:
     """``batch_size`` distinct images chosen by a generator seeded with ``data_seed``: (B, 64)."""
-    generator = torch.Generator().manual_seed(data_seed)
-    order = torch.randperm(images.shape[0], generator=generator)
-    return images[order[:batch_size]]
+    return images[minibatch_indices(images.shape[0], batch_size, data_seed)]
 
 
 # --- networks as functions of a params dict ------------------------------------------------------
@@ -225,11 +233,27 @@ class DigitsVAE(Problem):
         self.init_seed = checked_int("init_seed", init_seed, 0)
         self.train_steps = checked_int("train_steps", train_steps, 1)
         self.data_seed = checked_int("data_seed", data_seed, 0)
-        self.all_images = load_binarized_digits()  # (N, 64) float64, CPU
-        n_images = self.all_images.shape[0]
-        self.batch_size = checked_int("batch_size", batch_size, 1, n_images)
-        self.images64 = choose_minibatch(self.all_images, self.batch_size, self.data_seed).to(self.device)
+        self.batch_size = checked_int("batch_size", batch_size, 1, N_DIGITS)
+        # Chosen now (no data needed): a seeded randperm cannot run inside a torch.func transform.
+        self.minibatch = minibatch_indices(N_DIGITS, self.batch_size, self.data_seed)
         self._constants: dict[torch.dtype, tuple[Tensor, Params]] = {}
+
+    # The data is loaded on first use, so that constructing a problem (to validate a sweep's
+    # configs) does not import scikit-learn.
+    @cached_property
+    def all_images(self) -> Tensor:
+        """Every digit, binarized: (N, 64) float64 on the CPU."""
+        return load_binarized_digits()
+
+    @cached_property
+    def images64(self) -> Tensor:
+        """The measured minibatch: (B, 64) float64 on ``self.device``."""
+        return self.all_images[self.minibatch].to(self.device)
+
+    def prepare(self, dtype: torch.dtype) -> None:
+        """Build the parameter point and the constants in ``dtype`` before any torch.func transform
+        runs: built lazily inside one, they would be the transform's wrapped tensors."""
+        self.constants(dtype)
 
     # --- what a latent family defines -----------------------------------------------------------
     @property
@@ -436,6 +460,13 @@ class VAEBernoulli(DigitsVAE):
     def log_prob(self, params: Params, x: Tensor) -> Tensor:
         return bernoulli_log_prob(self.encode(params), x).sum((-2, -1))  # (*batch,)
 
+    def cost_and_log_prob(self, params: Params, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``cost`` and ``log_prob`` from one encoder pass (differentiated once, not twice)."""
+        images, decoder = self.constants(x.dtype)
+        encoded = self.encode(params)  # (B, L)
+        cost = self.negative_elbo(encoded, decoder, images, x)
+        return cost, bernoulli_log_prob(encoded, x).sum((-2, -1))
+
     def relaxed_sample(self, params: Params, noise: Tensor, temperature: float) -> Tensor:
         return self.relax(self.preimage(params, noise), temperature)  # (*batch, B, L)
 
@@ -542,6 +573,14 @@ class VAEGaussian(DigitsVAE):
     def log_prob(self, params: Params, x: Tensor) -> Tensor:
         mu, log_sigma = self.moments(self.encode(params))
         return gaussian_log_density(x, mu, log_sigma).sum((-2, -1))  # (*batch,)
+
+    def cost_and_log_prob(self, params: Params, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``cost`` and ``log_prob`` from one encoder pass (differentiated once, not twice)."""
+        images, decoder = self.constants(x.dtype)
+        encoded = self.encode(params)  # (B, 2L)
+        mu, log_sigma = self.moments(encoded)
+        cost = self.negative_elbo(encoded, decoder, images, x)
+        return cost, gaussian_log_density(x, mu, log_sigma).sum((-2, -1))
 
     def memory_per_sample(self) -> int:
         # the sample, the decoder's mean and residual and their gradients: per image

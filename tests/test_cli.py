@@ -58,7 +58,7 @@ def test_tiny_sweep_writes_tables_plots_and_summary(tmp_out):
     for plot in ["variance_vs_samples.png", "bias_vs_variance.png", "temperature.png"]:
         assert (tmp_out / "plots" / plot).stat().st_size > 10_000
     assert "bernoulli" in run.stdout and "pathwise × bernoulli" not in run.stdout
-    assert "skipped:" in run.stdout
+    assert "skipped: 6 pairs that do not apply" in run.stdout
     assert not list(tmp_out.rglob(".*.parquet*")), "temporary files left behind"
 
 
@@ -98,15 +98,18 @@ def test_failed_cell_is_recorded_and_sweep_exits_nonzero(tmp_out):
 def test_list_shows_applicability():
     run = bench("list")
     assert run.returncode == 0
-    assert "bernoulli      pathwise           no: pathwise requires has_rsample" in run.stdout
-    assert "gaussian       pathwise           yes" in run.stdout
+    lines = run.stdout.splitlines()
+    assert any(
+        line.split()[:3] == ["bernoulli", "pathwise", "no:"] and "has_rsample" in line for line in lines
+    )
+    assert any(line.split() == ["gaussian", "pathwise", "yes"] for line in lines)
 
 
 @pytest.mark.parametrize(
     "args,message",
     [
         (["problem=nope"], "unknown problem 'nope'; valid choices: bernoulli, "),
-        (["estimator=reinforce,nope"], "valid choices: exact, gumbel_softmax"),
+        (["estimator=reinforce,nope"], "valid choices: arm, disarm, double_cv, exact"),
         (["n_sampels=3"], "n_sampels: unknown key; valid keys: "),
         (["estimator=gumbel_softmax", "estimator.tempreature=1"], "estimator.tempreature: unknown key"),
         (["problem=gaussian", "problem.sigma=[1.0,-1.0]"], "problem.sigma: every value must be > 0"),
