@@ -49,6 +49,9 @@ from tests.perf import reference
 PLANT = float(os.environ.get("BENCH_PERF_PLANT", "0") or 0)  # test-only: extra work for the bench side
 ALPHA = 1e-3  # one-sided level of the lower confidence bound
 THRESHOLD = 1.10  # fail when bench is shown to be more than 10% slower than the reference
+# Fail too when bench is shown to be more than 15% FASTER than its reference: the reference is then
+# stale (bench changed and it did not), and a 30% slowdown of bench would hide under the margin.
+STALE = 0.85
 ROUNDS = 12  # paired rounds per cell
 WARMUP_CALLS = 2  # untimed calls of each side before the rounds
 DTYPE = torch.float32
@@ -208,7 +211,9 @@ class Verdict:
     batch: int
     geometric_mean: float
     lower_bound: float
+    upper_bound: float
     passed: bool
+    stale: bool
     plant: float
 
     def figures(self) -> dict[str, Any]:
@@ -218,6 +223,8 @@ class Verdict:
         return {
             "ratio_geometric_mean": self.geometric_mean,
             "ratio_lower_bound": self.lower_bound,
+            "ratio_upper_bound": self.upper_bound,
+            "stale_reference": self.stale,
             "threshold": THRESHOLD,
             "alpha": ALPHA,
             "passed": self.passed,
@@ -240,6 +247,12 @@ def lower_confidence_bound(ratios: list[float], alpha: float = ALPHA) -> tuple[f
     spread = math.sqrt(sum((value - mean) ** 2 for value in logs) / (n - 1))
     quantile = float(stats.t.ppf(1.0 - alpha, n - 1))
     return math.exp(mean), math.exp(mean - quantile * spread / math.sqrt(n))
+
+
+def upper_confidence_bound(ratios: list[float], alpha: float = ALPHA) -> float:
+    """The one-sided 1 − α upper confidence bound of the geometric-mean ratio (Student's t)."""
+    geometric_mean, lower = lower_confidence_bound(ratios, alpha)
+    return geometric_mean**2 / lower  # exp(l̄ + t·s/√n): the lower bound mirrored about l̄
 
 
 def run_gate(cell: Cell, rounds: int = ROUNDS, seed: int = 0, plant: float | None = None) -> Verdict:
@@ -269,6 +282,8 @@ def run_gate(cell: Cell, rounds: int = ROUNDS, seed: int = 0, plant: float | Non
         batch=cell.batch,
         geometric_mean=geometric_mean,
         lower_bound=lower_bound,
+        upper_bound=upper_confidence_bound(ratios),
         passed=lower_bound <= THRESHOLD,
+        stale=upper_confidence_bound(ratios) < STALE,
         plant=PLANT if plant is None else plant,
     )

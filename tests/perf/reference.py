@@ -33,10 +33,12 @@ Reference = Callable[[Data, torch.Generator, torch.Generator, int, int, torch.dt
 # --- shared pieces (problems.base, problems.latent, bench.runner) --------------------------------
 def open_uniform(generator: torch.Generator, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     u = torch.rand(shape, generator=generator, dtype=dtype)
-    return u.clamp(min=torch.finfo(dtype).tiny, max=1.0 - torch.finfo(dtype).eps / 2)
+    return u.clamp_(min=torch.finfo(dtype).tiny, max=1.0 - torch.finfo(dtype).eps / 2)
 
 
 def flatten(grads: dict[str, Tensor], batch: int) -> Tensor:
+    if len(grads) == 1:
+        return next(iter(grads.values())).reshape(batch, -1)
     return torch.cat([value.reshape(batch, -1) for value in grads.values()], dim=1)
 
 
@@ -113,25 +115,22 @@ def bernoulli_reinforce(
 
 
 def bernoulli_disarm(data: Data, g: torch.Generator, aux: torch.Generator, E: int, S: int, dtype) -> Tensor:
-    """DisARM (estimators.arm.AntitheticBinary.surrogate + estimators.disarm.logit_gradient)."""
+    """DisARM's batched path (estimators.arm.AntitheticBinary.estimate + estimators.disarm.logit_gradient)."""
     params = data["params"]
     u = open_uniform(g, (E, S, params["theta"].numel()), dtype)
-
-    def surrogate(params_: dict[str, Tensor], noise: Tensor) -> Tensor:
-        logits = params_["theta"]
-        first = bernoulli_sample(logits, noise)
-        second = (noise < torch.sigmoid(logits.detach())).to(first.dtype)
-        n_samples = noise.shape[0]
-        costs = bernoulli_cost(data, torch.cat([first, second]))
-        delta = (costs[:n_samples] - costs[n_samples:]).detach()
-        first_bits, second_bits = first.to(noise.dtype), second.to(noise.dtype)
-        delta = delta.reshape(delta.shape + (1,) * (noise.ndim - 1))
-        sign = 1.0 - 2.0 * second_bits
-        differ = (first_bits != second_bits).to(noise.dtype)
-        per_pair = 0.5 * delta * sign * differ * torch.sigmoid(logits.detach().abs())
-        return (per_pair.mean(0).detach() * logits).sum() + costs.mean()
-
-    return flatten(batch_of_grads(surrogate, params, u), E)
+    logits = params["theta"].detach()
+    first = bernoulli_sample(logits, u)  # (E, S, D)
+    second = (u < torch.sigmoid(logits)).to(first.dtype)
+    costs = bernoulli_cost(data, torch.cat([first, second], 1))  # (E, 2S)
+    delta = costs[:, :S] - costs[:, S:]
+    first_bits, second_bits = first.to(u.dtype), second.to(u.dtype)
+    delta = delta.reshape(delta.shape + (1,) * (u.ndim - delta.ndim))
+    sign = 1.0 - 2.0 * second_bits
+    differ = (first_bits != second_bits).to(u.dtype)
+    logit_grad = (0.5 * delta * sign * differ * torch.sigmoid(logits.abs())).mean(1)  # (E, D)
+    _, pullback = torch.func.vjp(lambda p: p["theta"], params)
+    (grads,) = vmap(pullback)(logit_grad)
+    return flatten(grads, E)
 
 
 def relax_data(problem: Any, estimator: Any, dtype: torch.dtype) -> Data:
@@ -435,10 +434,10 @@ def cartpole_rollout(data: Data, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]
     resets = torch.arange(n_resets, dtype=uniforms.dtype)
     state = (index.unsqueeze(-1) == resets).to(torch.float64) @ starts
     alive = torch.ones_like(uniforms[..., 0], dtype=torch.bool)
+    gap_weight, gap_bias = weight[1] - weight[0], bias[1] - bias[0]
     states, actions, alives = [], [], []
     for t in range(data["horizon"]):  # the steps of an episode (sequential), not samples
-        logits = state.to(weight.dtype) @ weight.transpose(0, 1) + bias
-        prob_right = torch.log_softmax(logits, dim=-1)[..., 1].exp()
+        prob_right = torch.sigmoid(state @ gap_weight + gap_bias)
         action = (uniforms[..., t + 1] < prob_right).to(torch.float64)
         states.append(state)
         actions.append(action)

@@ -1,7 +1,8 @@
 """The performance gate (design and false-alarm rate: ``tests/perf/gate.py``).
 
 ``test_no_slowdown`` fails a cell when bench's kernel is shown (one-sided, α = 1e-3) to be more than
-10% slower than its frozen reference, timed side by side in this process. pytest-benchmark records
+10% slower than its frozen reference, timed side by side in this process, and when it is shown to be
+more than 15% faster (a stale reference, under which a slowdown could hide). pytest-benchmark records
 each cell's figures (ratio, its lower bound, thread-CPU throughput of both sides) under
 ``extra_info``; ``--benchmark-json=results/perf.json`` keeps them. Run it alone with
 ``python -m pytest -q tests/perf``; leave it out of a quick local run with ``-m "not perf"``.
@@ -14,7 +15,15 @@ import math
 import pytest
 import torch
 
-from tests.perf.gate import CELLS, THRESHOLD, build_cell, lower_confidence_bound, run_gate
+from tests.perf.gate import (
+    CELLS,
+    STALE,
+    THRESHOLD,
+    build_cell,
+    lower_confidence_bound,
+    run_gate,
+    upper_confidence_bound,
+)
 
 pytestmark = pytest.mark.perf
 
@@ -39,6 +48,11 @@ def test_no_slowdown(cell, benchmark):
         f"CPU time (one-sided 99.9% lower bound {verdict.lower_bound:.3f} > {THRESHOLD}); per-round "
         f"ratios {[round(ratio, 3) for ratio in verdict.ratios]}"
     )
+    assert not verdict.stale, (
+        f"{cell.name}: bench's kernel takes {verdict.geometric_mean:.3f}× the frozen reference's time "
+        f"(upper bound {verdict.upper_bound:.3f} < {STALE}): bench got faster and the reference did "
+        "not follow, so a slowdown could hide in the margin. Refreeze it (tests/perf/reference.py)."
+    )
 
 
 def test_the_bound_separates_a_slowdown_from_noise():
@@ -55,6 +69,8 @@ def test_the_bound_separates_a_slowdown_from_noise():
     mean = sum(logs) / 12
     sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / 11)
     t_quantile = 4.0247  # Student's t, 11 degrees of freedom, 0.999 quantile
+    assert upper_confidence_bound([0.7 * n for n in noise]) < STALE  # a stale reference is caught
+    assert upper_confidence_bound(same) > STALE
     assert lower_confidence_bound(slow)[1] == pytest.approx(
         math.exp(mean - t_quantile * sd / math.sqrt(12)), rel=1e-4
     )
