@@ -339,30 +339,19 @@ class Options:
     throughput: bool
 
 
-def compare_status(pair: Pair) -> None:
-    before, after = text(pair.base.get("status")), text(pair.new.get("status"))
-    pair.data.update(status_baseline=before, status_new=after)
+def compare_label(pair: Pair, column: str, bad: str) -> None:
+    """A text column of the two cells (status, conformance): becoming ``bad`` is a regression,
+    leaving it an improvement, any other change a change; the same value in both is no finding."""
+    before, after = text(pair.base.get(column)), text(pair.new.get(column))
+    pair.data.update({f"{column}_baseline": before, f"{column}_new": after})
     if before == after:
         return
-    if after == "failed":
-        pair.findings["status"] = "regression"
-    elif before == "failed":
-        pair.findings["status"] = "improvement"
+    if after == bad:
+        pair.findings[column] = "regression"
+    elif before == bad:
+        pair.findings[column] = "improvement"
     else:
-        pair.findings["status"] = "change"
-
-
-def compare_conformance(pair: Pair) -> None:
-    before, after = text(pair.base.get("conformance")), text(pair.new.get("conformance"))
-    pair.data.update(conformance_baseline=before, conformance_new=after)
-    if before == after:
-        return
-    if after == "fail":
-        pair.findings["conformance"] = "regression"
-    elif before == "fail":
-        pair.findings["conformance"] = "improvement"
-    else:
-        pair.findings["conformance"] = "change"
+        pair.findings[column] = "change"
 
 
 def both_ok(pair: Pair) -> bool:
@@ -996,9 +985,9 @@ def compare(args: argparse.Namespace) -> tuple[str, dict[str, Any], int]:
     lacking = {column: roles for column, roles in lacking.items() if roles}
     notes += [f"column {column} missing in {' and '.join(roles)}" for column, roles in lacking.items()]
     for pair in pairs:
-        compare_status(pair)
+        compare_label(pair, "status", "failed")
         if "conformance" not in lacking:
-            compare_conformance(pair)
+            compare_label(pair, "conformance", "fail")
         else:
             pair.data.update(conformance_baseline=None, conformance_new=None)
     variance_info = compare_variances(pairs, options)

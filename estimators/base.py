@@ -172,12 +172,27 @@ def positive_int(key: str, value: Any, minimum: int = 0) -> int:
     return value
 
 
-def positive_float(key: str, value: Any) -> float:
-    """A finite number > 0, else a ConfigError naming ``estimator.<key>``."""
+def as_number(key: str, value: Any) -> float:
+    """float(value), else a ConfigError naming ``estimator.<key>``."""
     try:
-        number = float(value)
+        return float(value)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"estimator.{key}", f"expected a number, got {value!r}") from error
+
+
+def finite_float(key: str, value: Any) -> float:
+    """A finite number (any sign), else a ConfigError naming ``estimator.<key>``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"estimator.{key}", f"expected a number, got {value!r}")
+    number = as_number(key, value)
+    if not math.isfinite(number):
+        raise ConfigError(f"estimator.{key}", f"must be finite, got {value!r}")
+    return number
+
+
+def positive_float(key: str, value: Any) -> float:
+    """A finite number > 0, else a ConfigError naming ``estimator.<key>``."""
+    number = as_number(key, value)
     if isinstance(value, bool) or not (number > 0 and math.isfinite(number)):
         raise ConfigError(f"estimator.{key}", f"must be a finite number > 0, got {value!r}")
     return number

@@ -15,13 +15,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bench.errors import ConfigError
 from estimators.base import (
     Estimator,
     FitReport,
     Noise,
     NoiseSource,
     detached,
+    finite_float,
     fit_by_variance,
     per_estimate_gradients,
     positive_float,
@@ -47,19 +47,6 @@ def first_fit_noise(draw_noise: NoiseSource) -> tuple[Tensor, int]:
     noise = draw_noise(1)
     u = noise[0] if isinstance(noise, tuple) else noise
     return u, u.shape[1]
-
-
-def finite_float(key: str, value: Any) -> float:
-    """A finite number (any sign), else a ConfigError naming ``estimator.<key>``."""
-    if isinstance(value, bool):
-        raise ConfigError(f"estimator.{key}", f"expected a number, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"estimator.{key}", f"expected a number, got {value!r}") from error
-    if not math.isfinite(number):
-        raise ConfigError(f"estimator.{key}", f"must be finite, got {value!r}")
-    return number
 
 
 @contextmanager

@@ -22,6 +22,7 @@ from bench.sweep import default_config
 from problems import REGISTRY
 from problems.base import Params
 from problems.vae import VAEBernoulli, VAEGaussian, load_binarized_digits, mlp
+from problems.vae_categorical import VAECategorical
 from tests.conftest import make
 
 ALPHA = 1e-3
@@ -306,18 +307,19 @@ def test_trained_point_is_better_than_init(cls):
     assert trained.params().keys() == init.params().keys()
 
 
-def test_training_is_deterministic_and_cached(tmp_path, monkeypatch):
+@pytest.mark.parametrize("cls", [VAEBernoulli, VAECategorical])  # the cache is DigitsVAE's
+def test_training_is_deterministic_and_cached(cls, tmp_path, monkeypatch):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     monkeypatch.chdir(tmp_path / "a")
-    first = VAEBernoulli(train_steps=30)
+    first = cls(train_steps=30)
     path = first.cache_path()
     assert not path.exists()
     first_point = first.point
     assert path.exists()
 
     monkeypatch.chdir(tmp_path / "b")  # an empty cache: trains again
-    second_point = VAEBernoulli(train_steps=30).point
+    second_point = cls(train_steps=30).point
     for group in ("encoder", "decoder"):
         for name, value in first_point[group].items():
             assert torch.equal(value, second_point[group][name]), name
@@ -328,15 +330,15 @@ def test_training_is_deterministic_and_cached(tmp_path, monkeypatch):
         raise AssertionError("trained again despite a cached point")
 
     with monkeypatch.context() as patch:
-        patch.setattr(VAEBernoulli, "train", no_training)
-        cached = VAEBernoulli(train_steps=30, batch_size=3, data_seed=5)  # same training, other data
+        patch.setattr(cls, "train", no_training)
+        cached = cls(train_steps=30, batch_size=3, data_seed=5)  # same training, other data
         assert cached.cache_path() == path
         for name, value in cached.params().items():
             assert torch.equal(value, first_point["encoder"][name])
 
     path.write_bytes(b"not a torch file")  # a corrupt cache is replaced, not trusted
     assert torch.equal(
-        VAEBernoulli(train_steps=30).params()["encoder.2.bias"], first_point["encoder"]["encoder.2.bias"]
+        cls(train_steps=30).params()["encoder.2.bias"], first_point["encoder"]["encoder.2.bias"]
     )
     assert len(list(path.parent.iterdir())) == 1  # no temporary files left behind
 

@@ -273,6 +273,7 @@ def run_gate(cell: Cell, rounds: int = ROUNDS, seed: int = 0, plant: float | Non
             reference_seconds.append(ref)
     ratios = [b / r for b, r in zip(bench_seconds, reference_seconds, strict=True)]
     geometric_mean, lower_bound = lower_confidence_bound(ratios)
+    upper_bound = upper_confidence_bound(ratios)
     return Verdict(
         cell=cell.name,
         ratios=ratios,
@@ -282,8 +283,8 @@ def run_gate(cell: Cell, rounds: int = ROUNDS, seed: int = 0, plant: float | Non
         batch=cell.batch,
         geometric_mean=geometric_mean,
         lower_bound=lower_bound,
-        upper_bound=upper_confidence_bound(ratios),
+        upper_bound=upper_bound,
         passed=lower_bound <= THRESHOLD,
-        stale=upper_confidence_bound(ratios) < STALE,
+        stale=upper_bound < STALE,
         plant=PLANT if plant is None else plant,
     )
