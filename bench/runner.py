@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from bench.errors import ConfigError
-from bench.stats import empty_moments, fold, summarize
+from bench.stats import empty_moments, fold, fold_scratch, summarize
 from estimators.base import Estimator, FitReport
 from problems.base import Params, Problem
 
@@ -241,7 +241,7 @@ def run_cell(
 
     generator, aux_generator = stream(0), stream(AUX_STREAM)
     moments = empty_moments(len(names), device, centre=pilot.to(torch.float64).mean(0))
-    finite = torch.ones(len(names), dtype=torch.bool, device=device)
+    scratch = fold_scratch(batch_size, len(names), device)
     elapsed = cpu = 0.0
     done = 0
     while done < n_estimates:
@@ -251,15 +251,16 @@ def run_cell(
         synchronize(device)
         elapsed += time.perf_counter() - tic
         cpu += time.process_time() - cpu_tic
-        # No host synchronization per batch: finiteness is accumulated on the device, checked at the end.
-        finite &= torch.isfinite(batch).all(0)
-        moments = fold(moments, batch)
+        moments = fold(moments, batch, scratch)
         if done == 0 and projection is not None:
             rate = size / max(elapsed, 1e-9)
             projection(n_estimates / rate, rate)
         done += size
         if progress is not None:
             progress(size)
+    # A non-finite estimate carries into its column's running mean (bench.stats.fold): one check at
+    # the end, with no host synchronization or extra pass over each batch.
+    finite = torch.isfinite(moments.mean)
     if not bool(finite.all()):
         bad = torch.nonzero(~finite).flatten()[:5].tolist()
         raise FloatingPointError(f"non-finite gradient estimates in {[names[i] for i in bad]}")

@@ -25,6 +25,23 @@ def test_streaming_moments_equal_two_pass():
     torch.testing.assert_close(moments.m2 / (moments.count - 1), data.var(0), rtol=1e-10, atol=0)
 
 
+def test_a_non_finite_estimate_marks_exactly_its_column():
+    # The runner checks finiteness once, on the final mean (no scan of every batch): a NaN or ±inf
+    # anywhere, in any batch, must reach its column's mean, and nothing else may, not even float32's
+    # largest values (their float64 sums, squares and fourth powers do not overflow).
+    generator = torch.Generator().manual_seed(4)
+    data = torch.randn(1000, 5, generator=generator)
+    data[537, 1] = math.nan
+    data[3, 2], data[900, 2] = math.inf, -math.inf  # together: NaN
+    data[0, 3] = math.inf  # in the first row, which is the first batch's shift
+    data[5, 4] = torch.finfo(torch.float32).max
+    moments = empty_moments(5, centre=torch.zeros(5, dtype=torch.float64))
+    for batch in torch.split(data, [100, 899, 1]):
+        moments = fold(moments, batch)
+    assert torch.isfinite(moments.mean).tolist() == [True, False, False, False, True]
+    assert bool(torch.isfinite(moments.m4[4]))
+
+
 def test_summary_columns_by_hand():
     data = torch.tensor([[1.0, 2.0], [3.0, 2.0], [2.0, 5.0], [2.0, 3.0]], dtype=torch.float64)
     exact = torch.tensor([1.0, 3.0], dtype=torch.float64)
