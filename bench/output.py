@@ -239,8 +239,12 @@ def run_metadata(config: Any = None) -> dict[str, Any]:
 # --- files ----------------------------------------------------------------------------------------
 def write_parquet_atomic(frame: pd.DataFrame, path: Path, metadata: Mapping[str, Any]) -> None:
     """Write ``frame`` to ``path`` via a temporary file and os.replace: readers never see half a file."""
+    write_table_atomic(pa.Table.from_pandas(frame, preserve_index=False), path, metadata)
+
+
+def write_table_atomic(table: pa.Table, path: Path, metadata: Mapping[str, Any]) -> None:
+    """``write_parquet_atomic`` for an Arrow table."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(frame, preserve_index=False)
     schema_metadata = {
         **(table.schema.metadata or {}),
         METADATA_KEY: json.dumps(metadata, default=str).encode(),
@@ -270,6 +274,11 @@ def write_text_atomic(text: str, path: Path) -> None:
         raise
 
 
+def read_parquet_file(path: Path) -> pa.Table:
+    with pq.ParquetFile(path) as file:
+        return file.read()
+
+
 def read_metadata(path: Path) -> dict[str, Any]:
     metadata = pq.read_schema(path).metadata or {}
     return json.loads(metadata.get(METADATA_KEY, b"{}"))
@@ -291,11 +300,17 @@ def write_cell(
     full_row = {column: row.get(column) for column in CELL_COLUMNS if column not in DERIVED_COLUMNS}
     full_row.update({CONFIG_JSON[group]: json.dumps(configs[group]) for group in CONFIG_JSON})
     keys = {column: row.get(column) for column in DIM_KEYS}
-    dims_frame = pd.DataFrame([{**keys, **dim} for dim in dims], columns=[*DIM_KEYS, *DIM_TYPES])
+    # Arrow tables straight from the Python values: building them through pandas took ~2/3 of a
+    # sweep's per-cell writing (~7 ms a cell). Types need not be final here: the merge promotes and
+    # types every column (a skipped cell's all-null columns included).
+    if dims:
+        dims_table = pa.Table.from_pylist([{**keys, **dim} for dim in dims])
+    else:
+        dims_table = pa.table({column: pa.nulls(0) for column in [*DIM_KEYS, *DIM_TYPES]})
     row_path, dims_path = cell_paths(out, cell)
     # dims first: a cell row on disk promises its dims are there too.
-    write_parquet_atomic(dims_frame, dims_path, metadata)
-    write_parquet_atomic(pd.DataFrame([full_row]), row_path, metadata)
+    write_table_atomic(dims_table, dims_path, metadata)
+    write_table_atomic(pa.Table.from_pylist([full_row]), row_path, metadata)
 
 
 def finished_cells(out: Path) -> dict[str, Path]:
@@ -360,11 +375,13 @@ def merge(
     if not wanted:
         raise FileNotFoundError(f"no finished cells under {scratch(out) / 'cells'}")
     row_tables, dim_tables = [], []
+    # ParquetFile.read, not read_table: the dataset machinery behind read_table doubles the time of
+    # reading ~1 300 one-row files (the default sweep: 1.5 s vs 0.8 s, measured).
     for cell in sorted(wanted):
         row_path, dims_path = cell_paths(out, cell)
-        row_tables.append(pq.read_table(row_path))
+        row_tables.append(read_parquet_file(row_path))
         if dims_path.exists():
-            dim_tables.append(pq.read_table(dims_path))
+            dim_tables.append(read_parquet_file(dims_path))
     # Per-cell files may differ in columns (a skipped cell has no statistics): concatenate by name.
     raw = pa.concat_tables(row_tables, promote_options="permissive").to_pandas().astype(object)
     for column in CONFIG_JSON.values():

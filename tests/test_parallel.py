@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.sweep import GridRules, auto_threads, pair_matches, runnable_elsewhere
+from bench.sweep import GridRules, auto_threads, chunks, pair_matches, runnable_elsewhere
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,6 +65,19 @@ def test_grid_patterns():
     typed = GridRules.from_config({"estimator.temperature": ["*:gumbel_softmax"]}, ["vae_*:indecater"],
                                   ["estimator.temperature", "estimator"])  # fmt: skip
     assert not typed.only and not typed.exclude
+
+
+def test_chunks_shrink_as_the_plan_runs_out():
+    indices = list(range(100, 463))  # the default sweep's 363 planned cells, by plan index
+    parts = chunks(indices, workers=2)
+    assert sorted(i for part in parts for i in part) == indices  # every cell once
+    sizes = [len(part) for part in parts]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] == 91 and min(sizes) >= 1
+    assert all(size >= 2 for size in sizes[:-1]) and len(parts) <= 20
+    assert chunks(indices, workers=2) == parts  # the same plan cuts the same way
+    assert parts[0] != indices[:91]  # shuffled: a chunk samples the whole grid, not one problem
+    assert [len(p) for p in chunks([7], workers=4)] == [1]
+    assert sum(len(p) for p in chunks(list(range(5)), workers=8)) == 5
 
 
 JOBLIB_GRID = [

@@ -91,17 +91,17 @@ class BenchSweeper(BasicSweeper):
 
         else:
             # Parallel and cluster launchers: one launcher job per chunk of planned cells. A job
-            # costs ~0.3 s of Hydra's composing and pickling; with joblib, 4 chunks per worker keep
-            # the workers busy; elsewhere (a cluster), one cell per job.
+            # costs ~0.3 s of Hydra's composing and pickling; with joblib, chunks that shrink as
+            # the plan runs out keep the workers busy to the end (``chunks``); elsewhere (a
+            # cluster), one cell per job.
             n_jobs = self.config.hydra.launcher.get("n_jobs")
 
             def launch(indices: list[int]) -> Any:
                 assert self.launcher is not None
                 if isinstance(n_jobs, int) and n_jobs != 0:
-                    count = 4 * (usable_cores() if n_jobs < 0 else n_jobs)
+                    parts = chunks(indices, usable_cores() if n_jobs < 0 else n_jobs)
                 else:
-                    count = len(indices)
-                parts = chunks(indices, count)
+                    parts = [[index] for index in indices]
                 plan_path = write_plan(grid, out, parts)
                 jobs = [[f"+bench_plan='{plan_path}'", f"+bench_chunk={i}"] for i in range(len(parts))]
                 return self.launcher.launch(jobs, initial_job_idx=0)
