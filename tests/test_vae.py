@@ -92,7 +92,7 @@ def bias_pvalue(
 
 
 # --- the registry and the YAML files -----------------------------------------------------------
-@pytest.mark.parametrize("cls", [VAEBernoulli, VAEGaussian])
+@pytest.mark.parametrize("cls", [VAEBernoulli, VAEGaussian, VAECategorical])
 def test_yaml_lists_exactly_the_constructor_defaults(cls):
     signature = inspect.signature(cls.__init__)
     defaults = {name: p.default for name, p in signature.parameters.items() if name not in ("self", "device")}
@@ -149,8 +149,9 @@ def test_bernoulli_exact_gradient_matches_a_loop_over_every_joint_code():
     [
         VAEBernoulli(batch_size=3, latent_dim=3, hidden=5, state="init", init_seed=1),
         VAEGaussian(batch_size=3, latent_dim=2, hidden=5, state="init", init_seed=1, sigma_x=0.7),
+        VAECategorical(batch_size=3, n_latent=2, n_classes=3, hidden=5, state="init", init_seed=1),
     ],
-    ids=["bernoulli", "gaussian"],
+    ids=["bernoulli", "gaussian", "categorical"],
 )
 def test_exact_gradient_matches_central_differences(problem):
     generator = torch.Generator().manual_seed(0)
@@ -299,7 +300,7 @@ def full_data_negative_elbo(problem, point: dict[str, Params]) -> float:
     return float(problem.expected_negative_elbo(encoded, point["decoder"], images))
 
 
-@pytest.mark.parametrize("cls", [VAEBernoulli, VAEGaussian])
+@pytest.mark.parametrize("cls", [VAEBernoulli, VAEGaussian, VAECategorical])
 def test_trained_point_is_better_than_init(cls):
     trained, init = cls(), cls(state="init")
     assert full_data_negative_elbo(trained, trained.point) < full_data_negative_elbo(init, init.point) - 5

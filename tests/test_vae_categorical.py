@@ -1,6 +1,8 @@
 """The categorical VAE: codes, names, the cost against torch.distributions, the exact gradient
-against loops over codes and finite differences, the sampler and the relaxation, the trained point
-and its cache, config validation, and the existing estimators on it.
+against loops over codes, the sampler and the relaxation, the trained point's cache, config
+validation, and the existing estimators on it. The checks every VAE family shares (YAML defaults,
+the exact gradient against finite differences, the trained point beating init, the cache's
+determinism) run for it in test_vae.py.
 
 Every test runs in a temporary working directory, so trained points are cached there and not in
 the repository's results/.cache.
@@ -12,7 +14,6 @@ bumped once; a second failure is a bug.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import math
 import time
@@ -23,12 +24,11 @@ import torch
 import estimators
 from bench.errors import ConfigError
 from bench.runner import run_cell
-from bench.sweep import default_config
-from problems import REGISTRY
 from problems.base import Params
-from problems.vae import VAEBernoulli, mlp
+from problems.vae import VAEBernoulli
 from problems.vae_categorical import VAECategorical, all_one_hot_codes
 from tests.conftest import make
+from tests.test_vae import assert_same_gradient, gradient_of  # the VAE families' shared checks
 
 ALPHA = 1e-3
 N_ESTIMATES = 20_000
@@ -48,28 +48,7 @@ def trained() -> VAECategorical:
     return VAECategorical()  # the YAML defaults, state=trained
 
 
-def gradient_of(function, params: Params) -> Params:
-    """∇ function(params) by autograd, float64."""
-    leaves = {name: value.detach().clone().requires_grad_(True) for name, value in params.items()}
-    grads = torch.autograd.grad(function(leaves), list(leaves.values()))
-    return dict(zip(leaves, grads, strict=True))
-
-
-def assert_same_gradient(actual: Params, expected: Params, rtol: float, atol: float) -> None:
-    assert actual.keys() == expected.keys()
-    for name in actual:
-        torch.testing.assert_close(actual[name], expected[name], rtol=rtol, atol=atol, msg=name)
-
-
 # --- registry, YAML, flags, names -----------------------------------------------------------------
-def test_yaml_lists_exactly_the_constructor_defaults():
-    signature = inspect.signature(VAECategorical.__init__)
-    defaults = {name: p.default for name, p in signature.parameters.items() if name not in ("self", "device")}
-    assert default_config("problem", "vae_categorical") == defaults
-    assert REGISTRY["vae_categorical"] is VAECategorical
-    assert make("problem", "vae_categorical", state="init").config() == {**defaults, "state": "init"}
-
-
 def test_flags_select_the_intended_estimators():
     problem = VAECategorical(state="init")
     assert problem.discrete and problem.has_relaxed_cost and problem.categorical_latent
@@ -150,23 +129,6 @@ def test_exact_gradient_matches_a_loop_over_every_joint_code():
     params = problem.params()
     torch.testing.assert_close(expected_cost(params), problem.expected_cost(params), rtol=1e-12, atol=0)
     assert_same_gradient(problem.exact(), gradient_of(expected_cost, params), rtol=1e-10, atol=1e-13)
-
-
-def test_exact_gradient_matches_central_differences():
-    problem = VAECategorical(batch_size=3, n_latent=2, n_classes=3, hidden=5, state="init", init_seed=1)
-    generator = torch.Generator().manual_seed(0)
-    params = problem.params()
-    exact = problem.exact()
-    step = 1e-5
-    for _ in range(5):
-        direction = {
-            k: torch.randn(v.shape, generator=generator, dtype=torch.float64) for k, v in params.items()
-        }
-        plus = problem.expected_cost({k: v + step * direction[k] for k, v in params.items()})
-        minus = problem.expected_cost({k: v - step * direction[k] for k, v in params.items()})
-        numeric = float((plus - minus) / (2 * step))
-        analytic = float(sum((exact[k] * direction[k]).sum() for k in params))
-        assert numeric == pytest.approx(analytic, rel=1e-6, abs=1e-9)
 
 
 def test_exact_gradient_at_the_code_limit():
@@ -280,19 +242,6 @@ def test_the_conformance_check_rejects_gumbel_softmax(trained):
 
 
 # --- the trained point and its cache ------------------------------------------------------------------
-def full_data_negative_elbo(problem: VAECategorical, point: dict[str, Params]) -> float:
-    images = problem.all_images
-    encoded = mlp(point["encoder"], "encoder", images)
-    return float(problem.expected_negative_elbo(encoded, point["decoder"], images))
-
-
-def test_trained_point_is_better_than_init(trained):
-    init = VAECategorical(state="init")
-    assert full_data_negative_elbo(trained, trained.point) < full_data_negative_elbo(init, init.point) - 5
-    assert trained.expected_cost(trained.params()) < init.expected_cost(init.params())
-    assert trained.params().keys() == init.params().keys()
-
-
 def test_cache_name_hashes_every_training_value():
     base = VAECategorical(train_steps=30)
     assert base.cache_path().parent.as_posix() == "results/.cache"
