@@ -37,7 +37,10 @@ def bench(*args: str, cwd: Path = ROOT, timeout: float = 600, **kwargs) -> subpr
 
 
 def finished(out: Path) -> int:
-    return len(list((out / ".bench" / "cells").glob("*.dims.parquet")))
+    """Cells whose row file is on disk. The row is written after the cell's dims file and is what
+    marks a cell finished, so a kill between the two writes leaves a dims file of a cell that reruns."""
+    rows = (out / ".bench" / "cells").glob("*.parquet")
+    return sum(not path.name.endswith(".dims.parquet") and not path.name.startswith(".") for path in rows)
 
 
 def start_long_sweep(out: Path) -> subprocess.Popen:
@@ -148,6 +151,19 @@ def test_rerun_reuses_finished_cells_and_resume_false_recomputes(tmp_out):
     assert (
         not pd.read_parquet(tmp_out / "cells.parquet").set_index("cell")["seconds"].equals(before["seconds"])
     )
+
+
+def test_a_cell_killed_between_its_two_writes_reruns(tmp_out):
+    # SIGKILL after a cell's dims file and before its row file: the row is what marks it finished.
+    assert bench("sweep", *TINY, f"out={tmp_out}").returncode == 0
+    cell = sorted(pd.read_parquet(tmp_out / "cells.parquet")["cell"])[0]
+    (tmp_out / ".bench" / "cells" / f"{cell}.parquet").unlink()
+    assert (tmp_out / ".bench" / "cells" / f"{cell}.dims.parquet").exists()
+    again = bench("sweep", *TINY, f"out={tmp_out}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "3 already finished in out are reused; 1 to run" in again.stdout
+    assert len(pd.read_parquet(tmp_out / "cells.parquet")) == 4
+    assert set(pd.read_parquet(tmp_out / "dims.parquet")["cell"]) >= {cell}
 
 
 def test_a_sweep_into_a_used_out_holds_only_its_own_cells(tmp_out):
