@@ -200,13 +200,17 @@ def test_sigkill_loses_at_most_the_cell_in_flight_and_the_next_run_resumes(tmp_o
     process.communicate(timeout=60)
     saved = finished(tmp_out)
     assert saved >= 3 and not (tmp_out / "cells.parquet").exists()
-    assert not list((tmp_out / ".bench" / "cells").glob(".*")), "a half-written file was left behind"
+    # A kill during a write can leave that one temporary file (never a half-written cell file).
+    leftovers = list((tmp_out / ".bench" / "cells").glob(".*"))
+    assert len(leftovers) <= 1, leftovers
     args = ["problem=bernoulli,categorical", "estimator=reinforce,rloo", "n_samples=2,3,4,5",
             "n_estimates=2000000", "batch_size=20000", f"out={tmp_out}", "plots=false"]  # fmt: skip
     resumed = bench("sweep", *args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"{saved} already finished in out are reused" in resumed.stdout
     assert len(pd.read_parquet(tmp_out / "cells.parquet")) == 16
+    for path in (tmp_out / ".bench" / "cells").glob("*.parquet"):  # every cell file is whole
+        pd.read_parquet(path)
 
 
 @pytest.mark.parametrize("where", ["/proc/bench-cannot-write-here", "FILE/sub"])
