@@ -120,13 +120,14 @@ def test_two_joblib_workers_give_the_same_numbers_on_one_thread_each(serial_and_
 
 
 @pytest.mark.slow
-def test_two_joblib_workers_do_not_oversubscribe_the_cores(serial_and_parallel):
-    # Measured, not read from the rows: the CPU the whole process tree used. Two workers doing the
-    # serial run's work on one thread each use about its CPU (0.9-1.1x measured on the 2-core
-    # machine); two workers with 2 threads each (threads=2) used 2.4-2.9x, spinning and contending.
-    # The 1.4x bound sits between, with margin for a noisy machine on both sides.
-    serial, parallel = serial_and_parallel
-    assert parallel.cpu <= 1.4 * serial.cpu, (parallel.cpu, serial.cpu)
+def test_two_joblib_workers_do_not_oversubscribe_the_cores(serial_and_parallel, tmp_path):
+    # Measured, not read from the rows: the CPU of the whole process tree against the same work on
+    # one thread. Two single-thread workers add their own start-up (~2.5 CPU-s each to import torch
+    # and bench): 1.3-1.45x measured, idle or beside two busy loops. Two workers with 2 threads each
+    # (threads=2), which spin and contend, used 3.7-11x idle and 17x beside busy loops.
+    _, parallel = serial_and_parallel
+    one_thread = sweep(tmp_path / "one_thread", *JOBLIB_GRID, "threads=1")
+    assert parallel.cpu <= 2.0 * one_thread.cpu, (parallel.cpu, one_thread.cpu)
 
 
 @pytest.mark.slow
