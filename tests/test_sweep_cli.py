@@ -21,6 +21,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from bench.output import finished_cells
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["problem=bernoulli", "estimator=reinforce,rloo", "n_samples=2,3", "n_estimates=500", "plots=false"]
 
@@ -37,10 +39,8 @@ def bench(*args: str, cwd: Path = ROOT, timeout: float = 600, **kwargs) -> subpr
 
 
 def finished(out: Path) -> int:
-    """Cells whose row file is on disk. The row is written after the cell's dims file and is what
-    marks a cell finished, so a kill between the two writes leaves a dims file of a cell that reruns."""
-    rows = (out / ".bench" / "cells").glob("*.parquet")
-    return sum(not path.name.endswith(".dims.parquet") and not path.name.startswith(".") for path in rows)
+    """Cells whose row file is on disk (the row, written after the dims file, marks a cell finished)."""
+    return len(finished_cells(out))
 
 
 def start_long_sweep(out: Path) -> subprocess.Popen:
