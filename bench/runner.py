@@ -129,7 +129,7 @@ def load_lazy_modules() -> None:
     torch.func's first ``grad`` imports ``torch._dynamo`` (1.2–1.5 s on the 2-core EPYC, torch
     2.13), which would otherwise be charged to the ``fit_seconds`` or ``seconds`` of whichever cell
     of the process first differentiates: measured 1.24 s for an oracle_baseline fit that takes
-    2 ms, and once in every parallel worker. Later calls cost ~0.1 ms."""
+    3 ms, and once in every parallel worker. Later calls cost ~0.2 ms."""
     torch.func.vmap(torch.func.grad(lambda x: (x * x).sum()))(torch.zeros(2, 1))
 
 
