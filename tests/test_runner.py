@@ -1,9 +1,12 @@
-"""The cell runner and the output files, in-process."""
+"""The cell runner and the output files, in-process (and in fresh interpreters for first-use costs)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -15,6 +18,8 @@ from bench.runner import auto_batch_size, param_names, run_cell
 from estimators.base import Estimator
 from problems.bernoulli import Bernoulli
 from tests.conftest import make
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_results_do_not_depend_on_batch_size():
@@ -126,7 +131,18 @@ def test_throughput_benchmark(benchmark):
     assert row.row["status"] == "ok"
 
 
-FRESH_FIT = """
+def fresh_python(code: str) -> str:
+    """Run ``code`` in a new interpreter at the repository root; its stdout, stripped."""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_first_use_imports_are_paid_before_the_fit_timer():
+    """torch.func's first grad imports torch._dynamo (over a second); charged to the timed fit of a
+    fresh process's first cell, it made one fit_seconds 400x its true value. The runner pays it
+    before any timer: the fit must find the module already imported."""
+    code = """
 import sys
 from bench.runner import run_cell
 from tests.conftest import make
@@ -141,31 +157,14 @@ def watched_fit(*args, **kwargs):
     return fit(*args, **kwargs)
 
 estimator.fit = watched_fit
-row = run_cell(problem, estimator, n_samples=1, n_estimates=100, seed=0).row
-print(seen, row["fit_seconds"])
+run_cell(problem, estimator, n_samples=1, n_estimates=100, seed=0)
+print(seen)
 """
-
-
-def test_first_use_imports_are_paid_before_the_fit_timer(tmp_path):
-    """torch.func's first grad imports torch._dynamo (over a second); charged to the timed fit of a
-    fresh process's first cell, it made one fit_seconds 600x its true value. The runner pays it
-    before any timer: the fit must find the module already imported."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", FRESH_FIT], cwd=root, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    seen = done.stdout.split("]")[0] + "]"
-    assert seen == "[True]", done.stdout
+    assert fresh_python(code) == "[True]"
 
 
 def test_the_warm_up_leaves_no_lazy_import_for_torch_func():
     """After ``load_lazy_modules``, the transforms the estimators use import nothing more."""
-    import subprocess
-    import sys
-
     code = (
         "import sys, torch\n"
         "from bench.runner import load_lazy_modules\n"
@@ -179,6 +178,4 @@ def test_the_warm_up_leaves_no_lazy_import_for_torch_func():
         "torch.autograd.grad(f(x.requires_grad_()), x)\n"
         "print(sorted(set(sys.modules) - before))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    assert fresh_python(code) == "[]"
