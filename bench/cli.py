@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 USAGE = """bench sweep [KEY=VALUE ...]              run a grid (bench sweep --help lists the keys)
-       bench list                              problems and estimators: keys, defaults, which pairs apply
+       bench list [plugins=A,B]                problems and estimators: keys, defaults, which pairs apply
        bench plot RESULTS_DIR                  redraw the plots from a sweep's tables
        bench compare BASELINE_DIR NEW_DIR      compare two sweeps cell by cell (exit 5 on a regression)"""
 
@@ -27,8 +27,11 @@ def format_value(value: Any) -> str:
 
 def describe_group(group: str) -> tuple[list[str], dict[str, Any]]:
     """A listing of one registry: name, the docstring's first sentence, flags or declarations, and
-    every key with its YAML default and comment; plus the members built from their defaults."""
-    from bench.registry import CONF_DIR, REGISTRIES, build, default_config, group_options, yaml_comments
+    every key with its default and comment; where a plugin defines it, the module it came from;
+    plus the members built from their defaults. A member that cannot be built is listed with why."""
+    from bench.errors import ConfigError
+    from bench.plugins import module_of
+    from bench.registry import REGISTRIES, build, default_config, group_options, yaml_comments, yaml_path
 
     lines, built = [f"{group}s:"], {}
     for name in group_options(group):
@@ -36,35 +39,64 @@ def describe_group(group: str) -> tuple[list[str], dict[str, Any]]:
         if cls is None:
             lines.append(f"  {name:<18} (conf/{group}/{name}.yaml has no registered class)")
             continue
-        defaults = default_config(group, name)
-        built[name] = build(group, name, defaults)
+        try:
+            defaults = default_config(group, name)
+            built[name] = build(group, name, defaults)
+        except (ConfigError, Exception) as error:  # a plugin's bug must not hide the others
+            lines.append(f"  {name:<18} BROKEN ({module_of(cls)}): {error}")
+            continue
         lines.append(f"  {name:<18} {first_sentence(cls.__doc__)}")
-        if group == "problem":
-            lines.append(f"  {'':<18} flags: {', '.join(f for f in FLAGS if getattr(cls, f)) or 'none'}")
-        else:
-            lines.append(
-                f"  {'':<18} {'unbiased' if cls.unbiased else 'biased'}; requires "
-                f"{', '.join(cls.requires) or 'nothing'}; n_samples >= {cls.min_samples}; "
-                f"cost evals at n_samples=4: {built[name].cost_evals(4)}"
-                + ("; fitted before measuring" if cls.has_fit else "")
-            )
-        comments = yaml_comments(CONF_DIR / group / f"{name}.yaml")
+        if not cls.__module__.startswith("bench."):
+            lines.append(f"  {'':<18} from {module_of(cls)}")
+        lines.append(f"  {'':<18} {declarations(group, cls, built[name])}")
+        path = yaml_path(group, name)
+        comments = yaml_comments(path) if path is not None else {}
         for key, value in defaults.items():
             comment = f"  # {comments[key]}" if key in comments else ""
             lines.append(f"  {'':<18}   {group}.{key}={format_value(value)}{comment}")
     return lines, built
 
 
+def declarations(group: str, cls: type, instance: Any) -> str:
+    """A problem's flags, or what an estimator declares."""
+    if group == "problem":
+        return f"flags: {', '.join(f for f in FLAGS if getattr(cls, f, False)) or 'none'}"
+    return (
+        f"{'unbiased' if cls.unbiased else 'biased'}; requires "
+        f"{', '.join(cls.requires) or 'nothing'}; n_samples >= {cls.min_samples}; "
+        f"cost evals at n_samples=4: {instance.cost_evals(4)}"
+        + ("; fitted before measuring" if cls.has_fit else "")
+    )
+
+
 def list_registry() -> str:
+    from bench.plugins import broken
+
     problem_lines, problems = describe_group("problem")
     estimator_lines, estimators = describe_group("estimator")
-    lines = [*problem_lines, "", *estimator_lines, "", "applicability (problem × estimator):"]
+    lines = [*problem_lines, "", *estimator_lines]
+    failed = broken()
+    if failed:
+        lines += ["", "broken plugins (not imported):"]
+        lines += [f"  {plugin.describe()}: {plugin.error}" for plugin in failed]
+    lines += ["", "applicability (problem × estimator):"]
     for problem_name, problem in problems.items():
         for estimator_name, estimator in estimators.items():
-            reason = estimator.why_not(problem, max(estimator.min_samples, 2))
+            try:
+                reason = estimator.why_not(problem, max(estimator.min_samples, 2))
+            except Exception as error:  # a plugin's why_not that raises
+                reason = f"why_not raised {type(error).__name__}: {error}"
             verdict = "yes" if reason is None else f"no: {reason}"
             lines.append(f"  {problem_name:<16} {estimator_name:<18} {verdict}")
     return "\n".join(lines)
+
+
+def list_plugins(specs: list[str]) -> None:
+    """``bench list plugins=...``: import them first; a broken one is listed, not fatal."""
+    from bench.plugins import load_one
+
+    for spec in specs:
+        load_one(spec, "plugins key")
 
 
 def first_sentence(doc: str | None, width: int = 100) -> str:
@@ -110,6 +142,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         sweep_main(rest)
         return
     if command == "list":
+        from bench.plugins import split_specs
+
+        specs = [arg.split("=", 1)[1] for arg in rest if arg.startswith("plugins=")]
+        if len(specs) != len(rest):
+            parser.error("list takes only plugins=MODULE_OR_FILE[,...] (or set BENCH_PLUGINS)")
+        list_plugins(split_specs(",".join(specs).strip("[]")))
         print(list_registry())
         return
     if command == "plot":

@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
-import math
 import os
 import platform
 import subprocess
@@ -31,11 +30,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+
+from bench.verdicts import conformance, derive, holm_rejections, ratio_interval, variance_ratio  # noqa: F401
 
 METADATA_KEY = b"bench"
 SCRATCH = ".bench"
@@ -52,10 +52,12 @@ COLUMN_TYPES: dict[str, str] = {
     "work_variance_ci_high": "float64", "time_variance": "float64", "reference": "string",
     "variance_ratio": "float64", "variance_ratio_ci_low": "float64", "variance_ratio_ci_high": "float64",
     "work_ratio": "float64", "work_ratio_ci_low": "float64", "work_ratio_ci_high": "float64",
-    "bias_norm": "float64", "mse": "float64", "exact_norm": "float64", "cosine": "float64",
-    "bias_z_max": "float64", "bias_pvalue": "float64", "bias_resolution": "float64", "snr": "float64",
+    "bias_norm": "float64", "mse": "float64", "exact_norm": "float64", "exact_source": "string",
+    "cosine": "float64", "bias_z_max": "float64", "bias_pvalue": "float64", "bias_resolution": "float64",
+    "snr": "float64",
     "skewness_max": "float64", "kurtosis_max": "float64", "clt_ok": "boolean",
-    "estimates_per_s": "float64", "cpu_seconds": "float64", "seconds": "float64",
+    "estimates_per_s": "float64", "cpu_seconds": "float64", "timed_batches": "Int64",
+    "batch_log_sd": "float64", "seconds": "float64",
     "fit_seconds": "float64", "fit_steps": "Int64", "fitted": "string",
 }  # fmt: skip
 CELL_COLUMNS = list(COLUMN_TYPES)
@@ -67,8 +69,9 @@ DERIVED_COLUMNS = [
 ]  # fmt: skip
 SETTING_COLUMNS = ["n_samples", "n_estimates", "seed", "dtype"]
 DIM_TYPES: dict[str, str] = {
-    "param": "string", "exact": "float64", "mean": "float64", "var": "float64", "stderr": "float64",
-    "z": "float64", "var_stderr": "float64", "skewness": "float64", "kurtosis": "float64",
+    "param": "string", "exact": "float64", "exact_stderr": "float64", "mean": "float64", "var": "float64",
+    "stderr": "float64", "z": "float64", "var_stderr": "float64", "skewness": "float64",
+    "kurtosis": "float64",
 }  # fmt: skip
 DIM_KEYS = ["cell", "problem", "estimator", *SETTING_COLUMNS]
 
@@ -117,12 +120,17 @@ def config_schema() -> dict[tuple[str, str], tuple[str, str]]:
     ``problem.<key>``/``estimator.<key>`` in both groups. A value that does not fit its key's type
     (a list for gaussian's ``k``, whose default is a number) goes to ``<column>_json``.
     """
+    from bench.errors import ConfigError
     from bench.registry import GROUPS, default_config, group_options
 
     kinds: dict[tuple[str, str], set[str]] = {}
     for group in GROUPS:
         for name in group_options(group):
-            for key, value in default_config(group, name).items():
+            try:
+                defaults = default_config(group, name)
+            except ConfigError:  # a plugin without defaults: the sweep refuses it, bench list shows why
+                continue
+            for key, value in defaults.items():
                 kinds.setdefault((group, key), set()).add(value_kind(value))
     keys_by_group = {group: {key for g, key in kinds if g == group} for group in GROUPS}
     shared = keys_by_group["problem"] & keys_by_group["estimator"]
@@ -210,6 +218,32 @@ def git_commit() -> str | None:
     return run.stdout.strip() or None
 
 
+@functools.cache
+def git_dirty() -> bool | None:
+    """Whether bench's source tree has uncommitted changes to tracked files (None when installed)."""
+    source = Path(__file__).resolve().parent.parent
+    if not (source / ".git").exists():
+        return None
+    try:
+        run = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=source, capture_output=True, text=True, timeout=10, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(run.stdout.strip())
+
+
+def code_fingerprints() -> dict[str, str]:
+    """``group:name`` → the code fingerprint of every registered problem and estimator (the part of
+    each cell id that changes when its source does)."""
+    from bench.component import code_fingerprint
+    from bench.registry import REGISTRIES
+
+    return {f"{group}:{name}": code_fingerprint(cls) for group, registry in REGISTRIES.items()
+            for name, cls in sorted(registry.items())}  # fmt: skip
+
+
 def run_metadata(config: Any = None) -> dict[str, Any]:
     """Provenance for a table: versions, commit, device, CPU and cores, threads, date, config."""
     from importlib.metadata import PackageNotFoundError, version
@@ -222,6 +256,8 @@ def run_metadata(config: Any = None) -> dict[str, Any]:
     return {
         "bench_version": bench_version,
         "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
+        "code_fingerprints": code_fingerprints(),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "device_name": torch.cuda.get_device_name() if cuda else cpu_model(),
@@ -413,109 +449,6 @@ def merge(
 def group_columns(group: str, columns: Iterable[str]) -> list[str]:
     names = {name for (g, _key), (name, _dtype) in config_schema().items() if g == group}
     return [c for c in columns if c in names or c.startswith(f"{group}.")]
-
-
-# --- columns decided over the sweep ---------------------------------------------------------------
-def holm_rejections(pvalues: pd.Series, alpha: float) -> pd.Series:
-    """Holm's step-down procedure (Holm 1979): rejects H_(i) while p_(i) ≤ α/(m − i + 1), i = 1..m in
-    increasing order of p. Controls the family-wise error rate at α for any dependence between the
-    tests, and rejects everything Bonferroni (p ≤ α/m) rejects."""
-    ordered = pvalues.sort_values(kind="stable")
-    m = len(ordered)
-    rejected = pd.Series(False, index=pvalues.index)
-    for rank, (index, pvalue) in enumerate(ordered.items()):
-        if not pvalue <= alpha / (m - rank):
-            break
-        rejected[index] = True
-    return rejected
-
-
-def conformance(table: pd.DataFrame, alpha: float) -> pd.Series:
-    """``pass`` | ``fail`` | ``unreliable`` for ok cells of declared-unbiased estimators, ``n/a`` for
-    declared-biased ones, null for skipped and failed cells.
-
-    Holm's procedure at family-wise level ``alpha`` over the bias p-values of every ok,
-    declared-unbiased cell of the sweep whose normal approximation holds (``clt_ok``): the chance
-    that a sweep of honest estimators shows any ``fail`` is at most ``alpha``. A cell with heavy tails
-    (clt_ok false) is ``unreliable``: its p-value can neither clear nor convict the estimator.
-    """
-    verdict = pd.Series(pd.NA, index=table.index, dtype="string")
-    ok = table["status"] == "ok"
-    verdict[ok & (table["unbiased"] == False)] = "n/a"  # noqa: E712 (a nullable boolean)
-    declared = ok & (table["unbiased"] == True)  # noqa: E712
-    reliable = declared & (table["clt_ok"] == True)  # noqa: E712
-    verdict[declared & ~reliable] = "unreliable"
-    rejected = holm_rejections(table.loc[reliable, "bias_pvalue"].astype(float), alpha)
-    verdict[rejected.index] = np.where(rejected, "fail", "pass")
-    return verdict
-
-
-def derive(
-    table: pd.DataFrame, configs: pd.DataFrame, *, alpha: float, reference: str | None
-) -> pd.DataFrame:
-    """Fill the sweep-level columns: conformance, work and time variance, ratios to the reference."""
-    table = table.copy()
-    table["conformance"] = conformance(table, alpha)
-    cost = table["cost_evals"].astype("float64")
-    for suffix in ("", "_ci_low", "_ci_high"):
-        table[f"work_variance{suffix}"] = table[f"variance{suffix}"] * cost
-    table["time_variance"] = table["variance"] / table["estimates_per_s"]
-    if reference is None:
-        return table
-    problem_columns = group_columns("problem", configs.columns)
-    key_columns = ["problem", "n_samples", "n_estimates", "seed", "dtype"]
-    frame = pd.concat([table[key_columns], configs[problem_columns]], axis=1)
-    keys = pd.Series(
-        ["\x1f".join(map(str, values)) for values in frame.itertuples(index=False)], index=table.index
-    )
-    ok = (table["status"] == "ok").to_numpy(dtype=bool)
-    is_reference = ok & (table["estimator"] == reference).to_numpy(dtype=bool)
-    first = pd.Series(np.flatnonzero(is_reference), index=keys[is_reference]).groupby(level=0).first()
-    match = keys.map(first).to_numpy(dtype=float)  # position of the row's reference cell, NaN if none
-    rows = np.flatnonzero(ok & ~np.isnan(match))
-    refs = match[rows].astype(int)
-    table.loc[table.index[rows], "reference"] = table["cell"].to_numpy()[refs]
-    variance = table["variance"].to_numpy(dtype=float)
-    stderr = table["variance_stderr"].to_numpy(dtype=float)
-    ratio, low, high = ratio_interval(variance[rows], stderr[rows], variance[refs], stderr[refs])
-    same = rows == refs
-    ratio, low, high = (np.where(same, 1.0, values) for values in (ratio, low, high))
-    cost_values = cost.to_numpy(dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        work = np.where(cost_values[refs] > 0, cost_values[rows] / cost_values[refs], np.nan)
-    index = table.index[rows]
-    for prefix, scale in (("variance_ratio", 1.0), ("work_ratio", work)):
-        for suffix, values in (("", ratio), ("_ci_low", low), ("_ci_high", high)):
-            table.loc[index, prefix + suffix] = values * scale
-    return table
-
-
-def ratio_interval(
-    variance: np.ndarray, stderr: np.ndarray, reference: np.ndarray, reference_stderr: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """variance / reference with a conservative 95% interval, elementwise (NaN where either is 0).
-
-    On the log scale the two variances have standard errors s_a = se_a/V_a and s_b = se_b/V_b. The
-    two cells share their noise (common random numbers), so their estimates are correlated with an
-    unknown sign; sd(log V_a − log V_b) ≤ s_a + s_b for every correlation (Cauchy–Schwarz), and the
-    interval exp(log ratio ± 1.96 (s_a + s_b)) is therefore conservative whatever it is.
-    """
-    with np.errstate(divide="ignore", invalid="ignore"):
-        valid = (variance > 0) & (reference > 0)
-        ratio = np.where(valid, variance / reference, np.nan)
-        spread = stderr / variance + reference_stderr / reference
-        factor = np.exp(1.959963984540054 * spread)
-        return ratio, np.where(valid, ratio / factor, np.nan), np.where(valid, ratio * factor, np.nan)
-
-
-def variance_ratio(row: pd.Series, ref: pd.Series, same: bool = False) -> tuple[float | None, float, float]:
-    """``ratio_interval`` for one pair of cells rows; (None, nan, nan) when it is undefined."""
-    if same:
-        return 1.0, 1.0, 1.0
-    values = [np.array([float(x)]) for x in (row["variance"], row["variance_stderr"], ref["variance"],
-                                             ref["variance_stderr"])]  # fmt: skip
-    ratio, low, high = (float(v[0]) for v in ratio_interval(*values))
-    return (None if math.isnan(ratio) else ratio), low, high
 
 
 def read_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:

@@ -14,12 +14,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bench.component import code_fingerprint
 from bench.errors import ConfigError
+from bench.estimators.base import Estimator, FitReport
+from bench.problems.base import Params, Problem
+from bench.settings import DTYPES, check_settings, resolve_device, resolve_dtype  # noqa: F401 (re-exported)
 from bench.stats import empty_moments, fold, fold_scratch, summarize
-from estimators.base import Estimator, FitReport
-from problems.base import Params, Problem
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 MAX_BATCH = 1 << 16
 # On CPU a batch's estimated working set is capped at 128 MiB: past a few times the last-level cache
 # every array streams from memory, and larger batches got slower, not faster (measured on the
@@ -35,6 +36,10 @@ WARMUP_STREAM = 0x5EED
 AUX_STREAM = 0x9E3779B9  # extra noise an estimator draws beside the problem's (a conditional z̃, ...)
 FIT_STREAM = 0x3C6EF372  # the fit stage's problem noise: never the measurement's
 FIT_AUX_STREAM = 0xDAA66D2B
+# The estimated reference gradient of a problem without an exact one (bench.reference) is seeded
+# with REFERENCE_STREAM itself (plus the offsets above for its own aux and fit streams), whatever
+# the cell's seed: one reference per problem config, independent of every cell's noise.
+REFERENCE_STREAM = 0x78DDE6E4
 
 
 @dataclass
@@ -43,22 +48,6 @@ class CellResult:
 
     row: dict[str, Any]
     dims: list[dict[str, Any]] = field(default_factory=list)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ConfigError("device", f"expected auto, cpu or cuda, got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device", "cuda was asked for but torch sees no CUDA device")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str) -> torch.dtype:
-    if dtype not in DTYPES:
-        raise ConfigError("dtype", f"expected one of {', '.join(DTYPES)}, got {dtype!r}")
-    return DTYPES[dtype]
 
 
 def param_names(params: Params) -> list[str]:
@@ -91,10 +80,24 @@ def cell_id_from(
     n_estimates: int,
     seed: int,
     dtype: str,
+    *,
+    code: str | None = None,
+    reference: dict[str, Any] | None = None,
 ) -> str:
-    """A stable id: a hash of everything that defines the measurement (not the device)."""
+    """A stable id: a hash of everything that defines the measurement (not the device). ``code``:
+    the problem's and estimator's code fingerprints (``code_of``), so editing their source reruns
+    the cell on resume, and nothing else does."""
     key = [problem, problem_config, estimator, estimator_config, n_samples, n_estimates, seed, dtype]
+    if code:
+        key.append(code)
+    if reference is not None:  # an estimated reference's settings (bench.reference.reference_key)
+        key.append({"reference_gradient": reference})
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]  # fmt: skip
+
+
+def code_of(problem: type, estimator: type) -> str:
+    """The code fingerprint of a cell: its problem's and its estimator's classes."""
+    return f"{code_fingerprint(problem)}:{code_fingerprint(estimator)}"
 
 
 def available_bytes(device: torch.device) -> int:
@@ -134,7 +137,13 @@ def load_lazy_modules() -> None:
 
 
 def base_row(
-    problem: Problem, estimator: Estimator, n_samples: int, n_estimates: int, seed: int, dtype: str
+    problem: Problem,
+    estimator: Estimator,
+    n_samples: int,
+    n_estimates: int,
+    seed: int,
+    dtype: str,
+    reference: dict[str, Any] | None = None,  # an estimated reference's settings (None: exact)
 ) -> dict[str, Any]:
     cell = cell_id_from(
         problem.name,
@@ -145,6 +154,8 @@ def base_row(
         n_estimates,
         seed,
         dtype,
+        code=code_of(type(problem), type(estimator)),
+        reference=reference,
     )
     return {
         "cell": cell,
@@ -160,17 +171,6 @@ def base_row(
     }
 
 
-def check_settings(n_samples: int, n_estimates: int, seed: int) -> None:
-    if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
-        raise ConfigError("n_samples", f"expected an integer >= 1, got {n_samples!r}")
-    if not isinstance(n_estimates, int) or isinstance(n_estimates, bool) or n_estimates < 2:
-        raise ConfigError(
-            "n_estimates", f"expected an integer >= 2 (a variance needs two), got {n_estimates!r}"
-        )
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError("seed", f"expected an integer >= 0, got {seed!r}")
-
-
 def run_cell(
     problem: Problem,
     estimator: Estimator,
@@ -184,6 +184,7 @@ def run_cell(
     progress: Callable[[int], None] | None = None,
     projection: Callable[[float, float], None] | None = None,
     cell: str | None = None,
+    reference_gradient: dict[str, Any] | None = None,
 ) -> CellResult:
     """Measure one cell on ``problem.device``. Raises on failure (the sweep records it).
 
@@ -196,11 +197,22 @@ def run_cell(
     ``progress(size)`` is called after every batch; ``projection(seconds, rate)`` once, after the
     first measured batch, with the cell's projected measuring time (it may raise to stop the cell
     before the long work). ``alpha`` is the level at which ``bias_resolution`` is computed.
+
+    A problem without an exact gradient (``has_exact_gradient`` false) is compared with its
+    estimated reference gradient (``bench.reference``; ``reference_gradient``: the config's
+    ``estimator`` and ``n_estimates``, None for the problem's defaults), whose standard error enters
+    every bias test; ``exact_source`` says which was used. The reference is computed (untimed) on
+    first use and cached; its settings then belong to the cell's id.
     """
     dtype_name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
     torch_dtype = resolve_dtype(dtype_name)
-    check_settings(n_samples, n_estimates, seed)
-    row = base_row(problem, estimator, n_samples, n_estimates, seed, dtype_name)
+    n_samples, n_estimates, seed = check_settings(n_samples, n_estimates, seed)
+    reference_key = None
+    if not problem.has_exact_gradient:
+        from bench.reference import resolve
+
+        reference_key = resolve(problem, reference_gradient).key()
+    row = base_row(problem, estimator, n_samples, n_estimates, seed, dtype_name, reference_key)
     if cell is not None:
         row["cell"] = cell
     reason = estimator.why_not(problem, n_samples)
@@ -211,16 +223,25 @@ def run_cell(
     started = time.perf_counter()
     row["threads"] = torch.get_num_threads()
     row["load_avg"] = load_average()
-    exact_params = problem.exact()
-    for name, value in exact_params.items():
-        if not torch.isfinite(value).all():
-            raise FloatingPointError(f"the exact gradient of {name} is not finite: {value.tolist()}")
-    names = param_names(exact_params)
-    exact = flatten({k: v.unsqueeze(0) for k, v in exact_params.items()}, 1)[0]  # (P,)
-    reachable = problem.exact_in(torch_dtype)
-    exact_in_dtype = (
-        None if reachable is None else flatten({k: v.unsqueeze(0) for k, v in reachable.items()}, 1)[0]
-    )
+    exact_stderr, reference_clt_ok = None, True
+    if reference_key is None:
+        exact_params = problem.exact()
+        for name, value in exact_params.items():
+            if not torch.isfinite(value).all():
+                raise FloatingPointError(f"the exact gradient of {name} is not finite: {value.tolist()}")
+        names = param_names(exact_params)
+        exact = flatten({k: v.unsqueeze(0) for k, v in exact_params.items()}, 1)[0]  # (P,)
+        reachable = problem.exact_in(torch_dtype)
+        exact_in_dtype = (
+            None if reachable is None else flatten({k: v.unsqueeze(0) for k, v in reachable.items()}, 1)[0]
+        )
+    else:  # no exact gradient: the estimated reference, with its standard error
+        from bench.reference import reference_gradient as estimated_reference
+
+        reference = estimated_reference(problem, reference_gradient)
+        names = param_names(problem.params())
+        exact, exact_stderr, exact_in_dtype = reference.mean, reference.stderr, None
+        reference_clt_ok = reference.clt_ok
     problem.prepare(torch_dtype)
     params = {name: value.to(torch_dtype) for name, value in problem.params().items()}
     if batch_size is None:
@@ -255,12 +276,14 @@ def run_cell(
     scratch = fold_scratch(batch_size, len(names), device)
     elapsed = cpu = 0.0
     done = 0
+    batch_times: list[tuple[float, int]] = []  # (wall seconds, estimates) of each timed batch
     while done < n_estimates:
         size = min(batch_size, n_estimates - done)
         tic, cpu_tic = time.perf_counter(), time.process_time()
         batch = estimate_batch(generator, aux_generator, size)
         synchronize(device)
-        elapsed += time.perf_counter() - tic
+        batch_times.append((time.perf_counter() - tic, size))
+        elapsed += batch_times[-1][0]
         cpu += time.process_time() - cpu_tic
         moments = fold(moments, batch, scratch)
         if done == 0 and projection is not None:
@@ -276,7 +299,9 @@ def run_cell(
         bad = torch.nonzero(~finite).flatten()[:5].tolist()
         raise FloatingPointError(f"non-finite gradient estimates in {[names[i] for i in bad]}")
 
-    summary = summarize(moments, exact, torch_dtype, alpha=alpha, exact_in_dtype=exact_in_dtype)
+    summary = summarize(
+        moments, exact, torch_dtype, alpha=alpha, exact_in_dtype=exact_in_dtype, exact_stderr=exact_stderr
+    )
     row.update(
         status="ok",
         reason=None,
@@ -289,6 +314,7 @@ def run_cell(
         bias_norm=summary.bias_norm,
         mse=summary.mse,
         exact_norm=summary.exact_norm,
+        exact_source="exact" if reference_key is None else "estimated",
         cosine=summary.cosine,
         bias_z_max=summary.bias_z_max,
         bias_pvalue=summary.bias_pvalue,
@@ -296,9 +322,12 @@ def run_cell(
         snr=summary.snr,
         skewness_max=summary.skewness_max,
         kurtosis_max=summary.kurtosis_max,
-        clt_ok=summary.clt_ok,
+        # an estimated reference with heavy tails makes the test unreliable too
+        clt_ok=summary.clt_ok and reference_clt_ok,
         estimates_per_s=n_estimates / elapsed if elapsed > 0 else math.inf,
         cpu_seconds=cpu,
+        timed_batches=len(batch_times),
+        batch_log_sd=batch_log_sd(batch_times, batch_size),
         seconds=time.perf_counter() - started,
         fit_seconds=fit_seconds if estimator.has_fit else None,
         fit_steps=report.steps if estimator.has_fit else None,
@@ -310,11 +339,25 @@ def run_cell(
     )  # fmt: skip
     columns = ("mean", "var", "stderr", "z", "var_stderr", "skewness", "kurtosis")
     values = [exact.tolist(), *(tensor.tolist() for tensor in per_dim)]
+    exact_stderrs = [None] * len(names) if exact_stderr is None else exact_stderr.tolist()
     dims = [
-        {"param": name, "exact": e, **dict(zip(columns, rest, strict=True))}
-        for name, e, *rest in zip(names, *values, strict=True)
+        {"param": name, "exact": e, "exact_stderr": e_se, **dict(zip(columns, rest, strict=True))}
+        for name, e_se, (e, *rest) in zip(names, exact_stderrs, zip(*values, strict=True), strict=True)
     ]
     return CellResult(row, dims)
+
+
+def batch_log_sd(batch_times: list[tuple[float, int]], batch_size: int) -> float | None:
+    """The standard deviation over the timed batches of log(seconds per estimate), the last batch
+    left out when it is under half the batch size (its fixed costs weigh more); None with fewer
+    than two batches. ``bench compare`` judges a throughput change against it."""
+    if len(batch_times) > 1 and 2 * batch_times[-1][1] < batch_size:
+        batch_times = batch_times[:-1]
+    logs = [math.log(max(seconds, 1e-9) / size) for seconds, size in batch_times]
+    if len(logs) < 2:
+        return None
+    mean = sum(logs) / len(logs)
+    return math.sqrt(sum((value - mean) ** 2 for value in logs) / (len(logs) - 1))
 
 
 def load_average() -> float | None:

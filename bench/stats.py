@@ -235,11 +235,15 @@ def summarize(
     estimate_dtype: torch.dtype,
     alpha: float = 1e-3,
     exact_in_dtype: Tensor | None = None,
+    exact_stderr: Tensor | None = None,
 ) -> Summary:
     """Compare the running moments with the exact gradient (P,).
 
     Per dimension: var = M2/(n − 1) (one estimate's variance); stderr = sqrt(var/n);
-    z_i = (mean_i − exact_i) / sqrt(stderr_i² + floor_i²) (``rounding_floor``);
+    z_i = (mean_i − exact_i) / sqrt(stderr_i² + ref_i² + floor_i²) (``rounding_floor``), where
+    ref_i = ``exact_stderr`` is the standard error of an *estimated* reference gradient (None, i.e.
+    0, for an exact one): the reference's own noise is independent of the cell's, so the difference
+    mean − exact has variance stderr² + ref², and the test keeps its level;
     var_stderr = sqrt((m4 − m2²)/n) with the central moments m_k = M_k/n (the delta method for s²);
     skewness m3/m2^1.5 and kurtosis m4/m2² (not excess; 3 for a normal).
 
@@ -271,7 +275,11 @@ def summarize(
     kurtosis = torch.where(central2 > 0, central4 / central2**2, torch.full_like(central2, math.nan))
     bias = moments.mean - exact
     floor = rounding_floor(moments.mean, var, exact, exact_in_dtype, estimate_dtype)
-    denominator = torch.sqrt(stderr**2 + floor**2)
+    if exact_stderr is None:
+        denominator = torch.sqrt(stderr**2 + floor**2)
+    else:
+        reference = exact_stderr.to(device=stderr.device, dtype=torch.float64)
+        denominator = torch.sqrt(stderr**2 + reference**2 + floor**2)
     z = torch.where(bias == 0, torch.zeros_like(bias), bias / denominator)
     z_max = float(z.abs().max())
     # P(|N(0,1)| > z) = erfc(z / sqrt 2)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 TOP = 3  # ranked lines per problem; the rest are named in one line
@@ -34,6 +35,18 @@ def verdict(row: pd.Series, alpha: float) -> str:
     if row["unbiased"] == False and row["bias_pvalue"] < alpha:  # noqa: E712
         return f"biased: bias {number(row['bias_norm'])}, resolution {number(row['bias_resolution'])}"
     return f"no bias above {number(row['bias_resolution'])}"
+
+
+EPSILON = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23, "float64": 2.0**-52}
+RESOLUTION_ULPS = 64  # bench.stats.RESOLUTION_ULPS (not imported: the summary stays free of torch)
+
+
+def rounding_variance(exact_norm: pd.Series, dtype: pd.Series) -> np.ndarray:
+    """The variance a deterministic estimator can show from rounding alone: (RESOLUTION_ULPS · eps ·
+    ‖∇E[f]‖)², the scale below which bench.stats treats differences as rounding (``rounding_floor``).
+    A measured variance at or below it is variance 0, in the summary as in the plots."""
+    eps = dtype.astype(object).map(lambda d: EPSILON.get(str(d), EPSILON["float32"])).to_numpy(float)
+    return (RESOLUTION_ULPS * eps * exact_norm.astype(float).fillna(0.0).to_numpy(float)) ** 2
 
 
 def problem_blocks(ok: pd.DataFrame, problem_columns: Sequence[str]) -> list[tuple[str, pd.DataFrame]]:
@@ -70,12 +83,19 @@ def block_lines(
     n_samples = chosen_samples(rows)
     at = rows[rows["n_samples"] == n_samples]
     head = f"{label}  n_samples={n_samples}  ‖∇‖={number(rows['exact_norm'].iloc[0])}"
+    if "exact_source" in rows and (rows["exact_source"] == "estimated").any():
+        head += " (estimated reference)"  # no exact gradient: bias against an estimate (bench.reference)
     absent = sorted(set(skipped["estimator"]) - set(rows["estimator"]))
     if len(absent) > 6:
         head += f"  ({len(absent)} estimators do not apply)"
     elif absent:
         head += f"  (not applicable: {', '.join(absent)})"
     candidates = at[at["estimator"] != "exact"]
+    zero = candidates["variance"].astype(float).to_numpy() <= rounding_variance(
+        candidates["exact_norm"], candidates["dtype"]
+    )
+    exact_here = sorted({short_label(row) for _, row in candidates[zero].iterrows()})
+    candidates = candidates[~zero]
     # One entry per estimator: among its settings (temperatures...), the one with the lowest MSE.
     best = candidates.assign(_mse=candidates["mse"].astype(float)).sort_values("_mse", kind="stable")
     best = best.groupby("estimator", sort=False).head(1)
@@ -83,6 +103,8 @@ def block_lines(
     verdicts = best.apply(lambda r: verdict(r, alpha), axis=1)
     detected = verdicts.str.startswith(("biased", "CONFORMANCE"))
     lines = [head]
+    if exact_here:
+        lines.append(f"  exact at n_samples={n_samples} (variance 0 to rounding): {', '.join(exact_here)}")
     for rank, (index, row) in enumerate(best[~detected].head(TOP).iterrows(), start=1):
         ci = f"[{number(row['work_variance_ci_low'])}, {number(row['work_variance_ci_high'])}]"
         ratio = "" if pd.isna(row["work_ratio"]) else f"×{number(row['work_ratio'])}"
@@ -95,6 +117,11 @@ def block_lines(
     tail = [text for text in (", ".join(rest), "biased: " + ", ".join(flagged) if flagged else "") if text]
     if tail:
         lines.append("     then: " + "; ".join(tail))
+    timed = best[~detected].assign(_time=best["time_variance"].astype(float)).dropna(subset=["_time"])
+    if len(timed) > 1:
+        fastest = timed.sort_values("_time", kind="stable").head(TOP)
+        ranked = ", ".join(f"{short_label(row)} {number(row['_time'])}" for _, row in fastest.iterrows())
+        lines.append(f"     at equal wall-clock (time_variance, variance·s): {ranked}")
     return lines
 
 
@@ -124,11 +151,11 @@ def summarize_sweep(table: pd.DataFrame, *, alpha: float = 1e-3, reference: str 
     for label, rows in problem_blocks(ok, problem_columns):
         problem_skips = skipped[skipped["problem"] == rows["problem"].iloc[0]]
         lines.extend(block_lines(label, rows, problem_skips, alpha, reference))
-    unreliable = ok[ok["conformance"] == "unreliable"]
-    if len(unreliable):
+    heavy = ok[ok["clt_ok"] == False]  # noqa: E712 (nullable boolean)
+    if len(heavy):
         lines.append(
-            f"unreliable: {len(unreliable)} cell(s) with heavy tails (n_estimates < 25·skewness²): their "
-            "p-values and intervals are not trustworthy; raise n_estimates"
+            f"unreliable: {len(heavy)} cell(s) with heavy tails (clt_ok false: n_estimates < 25·skewness²; "
+            "ringed in the plots): their p-values and intervals are not trustworthy; raise n_estimates"
         )
     busy = ok[ok["load_avg"].astype(float) > usable_cores() + 0.5]
     if len(busy):

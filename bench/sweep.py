@@ -16,6 +16,7 @@ SIGINT/SIGTERM (the finished cells are merged; rerun the same command to resume)
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import gc
@@ -23,7 +24,6 @@ import json
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import time
@@ -37,6 +37,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bench.errors import ConfigError, NotApplicable, unknown_name
+from bench.estimators.base import Estimator
 from bench.output import (
     cell_paths,
     finished_cells,
@@ -48,6 +49,9 @@ from bench.output import (
     write_cell,
     write_text_atomic,
 )
+from bench.plugins import load as load_plugins
+from bench.problems.base import Problem
+from bench.reference import check_applies, reference_key
 from bench.registry import (  # re-exported: tests and plugins import them from here
     CONF_DIR,
     GROUPS,
@@ -57,9 +61,19 @@ from bench.registry import (  # re-exported: tests and plugins import them from 
     group_options,
     yaml_comments,
 )
-from bench.runner import cell_id_from, check_settings, resolve_device, resolve_dtype, run_cell
-from estimators.base import Estimator
-from problems.base import Problem
+from bench.runner import cell_id_from, code_of, run_cell
+from bench.settings import (  # re-exported: the sweeper imports them from here
+    cell_settings,
+    check_sweep_settings,
+    format_duration,
+    integral,
+    normalize,
+    parse_alpha,
+    parse_duration,
+    parse_reference,
+    parse_threads,
+    resolve_device,
+)
 
 __all__ = ["CONF_DIR", "GROUPS", "REGISTRIES", "build", "default_config", "group_options"]
 
@@ -87,96 +101,6 @@ class TimeLimitExceeded(SweepStopped):
 
 
 # --- settings -----------------------------------------------------------------------------------
-def parse_duration(value: Any) -> float | None:
-    """``time_limit``: seconds as a number, or text with a unit (90s, 30m, 1.5h, 2d); none/inf = no limit."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "inf", "")):
-        return None
-    if isinstance(value, bool):
-        raise ConfigError("time_limit", f"expected a duration such as 3600, 30m, 2h or none, got {value!r}")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smhd]?)\s*", str(value).lower())
-        if not match:
-            raise ConfigError(
-                "time_limit", f"expected a duration such as 3600, 30m, 2h or none, got {value!r}"
-            )
-        seconds = float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
-    if math.isinf(seconds):
-        return None
-    if not seconds > 0:
-        raise ConfigError("time_limit", f"must be positive, got {value!r}")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
-
-
-def parse_threads(value: Any) -> int | None:
-    """``threads``: auto (None) or an integer ≥ 1."""
-    if value == "auto":
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError("threads", f"expected auto or an integer >= 1, got {value!r}")
-    return value
-
-
-def parse_alpha(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise ConfigError("alpha", f"expected a number in (0, 1), got {value!r}")
-    return float(value)
-
-
-def parse_reference(value: Any) -> str | None:
-    if value is None or value in ("none", "null", ""):
-        return None
-    if value not in REGISTRIES["estimator"]:
-        raise unknown_name("reference", str(value), list(REGISTRIES["estimator"]))
-    return str(value)
-
-
-def parse_bool(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(key, f"expected true or false, got {value!r}")
-    return value
-
-
-def cell_settings(cfg: Any) -> dict[str, Any]:
-    """The run_cell settings of a job config (a DictConfig or a plain dict), validated."""
-    batch_size = cfg["batch_size"]
-    if batch_size != "auto" and not (
-        isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1
-    ):
-        raise ConfigError("batch_size", f"expected auto or an integer >= 1, got {batch_size!r}")
-    check_settings(cfg["n_samples"], cfg["n_estimates"], cfg["seed"])
-    resolve_dtype(cfg["dtype"])
-    resolve_device(str(cfg["device"]))
-    return {
-        "n_samples": cfg["n_samples"],
-        "n_estimates": cfg["n_estimates"],
-        "seed": cfg["seed"],
-        "dtype": cfg["dtype"],
-        "batch_size": None if batch_size == "auto" else batch_size,
-        "alpha": parse_alpha(cfg["alpha"]),
-    }
-
-
-def check_sweep_settings(cfg: Any) -> None:
-    """Validate the keys that concern the whole sweep (raising ConfigError)."""
-    parse_threads(cfg["threads"])
-    parse_reference(cfg["reference"])
-    parse_duration(cfg["time_limit"])
-    for key in ("resume", "plots", "dry_run"):
-        parse_bool(key, cfg[key])
-
-
 def check_writable(out: Path) -> None:
     """Fail before any work when ``out`` cannot hold the sweep's files."""
     try:
@@ -188,6 +112,25 @@ def check_writable(out: Path) -> None:
         raise ConfigError(
             "out", f"cannot write the sweep's files to {str(out)!r}: {error.strerror or error}"
         ) from None
+
+
+def first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what writing there creates)."""
+    path = path.absolute()
+    missing = None
+    while not path.exists():
+        missing, path = path, path.parent
+    return missing
+
+
+def remove_empty(top: Path | None) -> None:
+    """Remove ``top`` and the folders under it if they hold no file (only what bench created)."""
+    if top is None or not top.is_dir():
+        return
+    folders = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+    for folder in [*folders, top]:
+        with contextlib.suppress(OSError):  # not empty: something was written there, keep it
+            folder.rmdir()
 
 
 # --- threads ------------------------------------------------------------------------------------
@@ -218,7 +161,12 @@ def auto_threads(workers: int) -> int:
     Why: torch's intra-op threads synchronize at every operation; when a thread has no core of its
     own it waits a scheduler slice, and a cell of many small operations slows down by ~100×.
     """
+    from bench.cluster import allotted_cores
+
     cores = usable_cores()
+    allotted = allotted_cores()  # a cluster task: the cores Slurm (or bench, for local jobs) gave it
+    if allotted is not None:
+        return max(1, min(cores, allotted) // max(1, workers))
     share = max(1, cores // max(1, workers))
     others = runnable_elsewhere()
     if others is None:
@@ -265,6 +213,8 @@ class JobSpec:
         return cell_id_from(
             names["problem"], configs["problem"], names["estimator"], configs["estimator"],
             settings["n_samples"], settings["n_estimates"], settings["seed"], settings["dtype"],
+            code=code_of(*(REGISTRIES[group][names[group]] for group in ("problem", "estimator"))),
+            reference=reference_key(names["problem"], configs["problem"], settings.get("reference_gradient")),
         )  # fmt: skip
 
 
@@ -394,11 +344,14 @@ def plan(
                 continue
             if override not in parsed:
                 parsed[override] = parse_value(override)
-            set_dotted(container, key, parsed[override])
+            value = parsed[override]
+            if member_group(key) is not None:  # 1e3 for an integer key is the integer 1000
+                value = integral(get_dotted(container, key), value)
+            set_dotted(container, key, value)
         if rules.excludes(names, container["n_samples"]):
             continue
         spec = JobSpec(
-            names=names, configs={g: container[g] for g in GROUPS}, settings=cell_settings(container),
+            names=names, configs={g: container[g] for g in GROUPS}, settings=normalize(container),
             container=container,
         )  # fmt: skip
         cell = spec.cell()
@@ -420,6 +373,15 @@ def plan(
         reasons = "; ".join(sorted({reason for reason in result.skipped if reason}))
         raise ConfigError("estimator", "no cell of this sweep applies: " + reasons)
     return result
+
+
+def get_dotted(container: dict[str, Any], key: str) -> Any:
+    node: Any = container
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def has_dotted(container: dict[str, Any], key: str) -> bool:
@@ -480,6 +442,7 @@ def why_skip(spec: JobSpec, built: dict[str, Any]) -> str | None:
             built[key] = build(group, spec.names[group], spec.configs[group])
         objects[group] = built[key]
     estimator: Estimator = objects["estimator"]
+    check_applies(objects["problem"], spec.settings.get("reference_gradient"))  # its reference can run
     return estimator.why_not(objects["problem"], spec.settings["n_samples"])
 
 
@@ -579,23 +542,10 @@ def run_job(
     ``problems``: built problems to reuse across the cells of one process, by config (a problem is
     functional, and keeps its exact gradient and dtype casts between cells); estimators are built
     fresh for every cell, since a fit stage changes them."""
-    out = Path(cfg.out)
     names = {group: choices[group] for group in GROUPS}
     configs = {group: OmegaConf.to_container(cfg[group], resolve=True) for group in GROUPS}
-    row: dict[str, Any] = {
-        "problem": names["problem"], "estimator": names["estimator"], "n_samples": cfg.n_samples,
-        "n_estimates": cfg.n_estimates, "seed": cfg.seed, "dtype": cfg.dtype, "device": str(cfg.device),
-    }  # fmt: skip
-    row["cell"] = JobSpec(
-        names, configs, {k: cfg[k] for k in ("n_samples", "n_estimates", "seed", "dtype")}
-    ).cell()
-    dims: list[dict[str, Any]] = []
-    threads_before = torch.get_num_threads()
-    try:
-        settings = cell_settings(cfg)
-        threads = parse_threads(cfg.threads) or auto_threads(launcher_workers())
-        torch.set_num_threads(threads)
-        device = resolve_device(cfg.device)
+
+    def make(device: torch.device) -> tuple[Problem, Estimator]:
         key = json.dumps([names["problem"], configs["problem"], str(device)], sort_keys=True, default=str)
         if problems is not None and key in problems:
             problem: Problem = problems[key]
@@ -603,7 +553,36 @@ def run_job(
             problem = build("problem", names["problem"], configs["problem"], device)
             if problems is not None:
                 problems[key] = problem
-        estimator: Estimator = build("estimator", names["estimator"], configs["estimator"])
+        return problem, build("estimator", names["estimator"], configs["estimator"])
+
+    settings = {k: cfg[k] for k in ("n_samples", "n_estimates", "seed", "dtype")}
+    settings["reference_gradient"] = cfg.get("reference_gradient")  # in the id of estimated-reference cells
+    cell = JobSpec(names, configs, settings).cell()
+    return measure(cfg, names, configs, cell, make)
+
+
+def measure(
+    cfg: DictConfig,
+    names: dict[str, str],
+    configs: dict[str, dict[str, Any]],
+    cell: str,
+    make: Callable[[torch.device], tuple[Problem, Estimator]],
+) -> dict[str, Any]:
+    """Measure one cell whose problem and estimator ``make(device)`` builds, and write its files
+    under ``cfg.out``; what the sweep and ``bench.run`` share."""
+    out = Path(cfg.out)
+    row: dict[str, Any] = {
+        "problem": names["problem"], "estimator": names["estimator"], "n_samples": cfg.n_samples,
+        "n_estimates": cfg.n_estimates, "seed": cfg.seed, "dtype": cfg.dtype, "device": str(cfg.device),
+        "cell": cell,
+    }  # fmt: skip
+    dims: list[dict[str, Any]] = []
+    threads_before = torch.get_num_threads()
+    try:
+        settings = cell_settings(cfg)
+        threads = parse_threads(cfg.threads) or auto_threads(launcher_workers())
+        torch.set_num_threads(threads)
+        problem, estimator = make(resolve_device(cfg.device))
         row["unbiased"] = estimator.unbiased
         label = f"{names['problem']} × {names['estimator']} (n_samples={cfg.n_samples})"
         progress = Progress(label, cfg.n_estimates)
@@ -619,8 +598,9 @@ def run_job(
     except NotApplicable as reason:
         row.update(status="skipped", reason=str(reason))
     except Exception as error:
-        log.exception("cell %s failed", row["cell"])
-        row.update(status="failed", reason=f"{type(error).__name__}: {error}")
+        # One line on stdout (describe, below) says why; the traceback only at debug level.
+        log.debug("cell %s failed", row["cell"], exc_info=True)
+        row.update(status="failed", reason=" ".join(f"{type(error).__name__}: {error}".split()))
     finally:
         torch.set_num_threads(threads_before)
     write_cell(out, row, dims, configs, run_metadata(OmegaConf.to_container(cfg, resolve=True)))
@@ -690,11 +670,12 @@ def chunks(indices: Sequence[int], workers: int, smallest: int = 2) -> list[list
     return parts
 
 
-def write_plan(grid: Plan, out: Path, parts: Sequence[Sequence[int]]) -> Path:
-    """The planned cells of each chunk, for launcher jobs to read (out/.bench/plan.json)."""
-    payload = [[{"names": grid.specs[i].names, "container": grid.specs[i].container} for i in part]
-               for part in parts]  # fmt: skip
-    path = (scratch(out) / "plan.json").resolve()
+def write_plan(grid: Plan, out: Path, parts: Sequence[Sequence[int]], name: str = "plan.json") -> Path:
+    """The planned cells of each chunk, for launcher jobs to read (out/.bench/plan.json; cluster
+    tasks, which may start after a later run wrote its own plan: out/.bench/plan-<run>.json)."""
+    payload = [[{"names": grid.specs[i].names, "container": grid.specs[i].container, "cell": grid.cells[i]}
+                for i in part] for part in parts]  # fmt: skip
+    path = (scratch(out) / name).resolve()
     write_text_atomic(json.dumps(payload, default=str), path)
     return path
 
@@ -702,8 +683,22 @@ def write_plan(grid: Plan, out: Path, parts: Sequence[Sequence[int]]) -> Path:
 def run_chunk(plan_path: str, chunk: int) -> list[Any]:
     """A launcher job: run chunk ``chunk`` of the plan the sweeper wrote."""
     payload = json.loads(Path(plan_path).read_text())[chunk]
+    # A requeued cluster task (preemption, timeout) runs its chunk again: skip the cells it (or a
+    # task of a later run) already wrote since the plan was written; each is written atomically.
+    since = os.stat(plan_path).st_mtime - 1.0
+    done = finished_cells(Path(payload[0]["container"]["out"])) if payload else {}
+    payload = [entry for entry in payload if not written_since(done.get(entry.get("cell", "")), since)]
     specs = [JobSpec(entry["names"], {}, {}, entry["container"]) for entry in payload]
+    for spec in specs[:1]:  # the sweep's plugins, which a fresh worker process has not imported yet
+        load_plugins(spec.container.get("plugins"))
     return run_in_process(specs, WORKER_PROBLEMS)
+
+
+def written_since(path: Path | None, since: float) -> bool:
+    try:
+        return path is not None and os.stat(path).st_mtime >= since
+    except OSError:
+        return False
 
 
 def execute(
@@ -851,6 +846,7 @@ def hydra_arguments(overrides: Sequence[str]) -> list[str]:
     Hydra would otherwise apply it to the default problem/estimator and fail."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    overrides = [plugins_as_list(text) for text in overrides]
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     base = OmegaConf.load(CONF_DIR / "config.yaml")
     check_top_level_keys([list(overrides)], base)
@@ -862,6 +858,38 @@ def hydra_arguments(overrides: Sequence[str]) -> list[str]:
             text = f"{name}=choice({value})"
         arguments.append(text)
     return arguments
+
+
+def plugins_as_list(text: str) -> str:
+    """``plugins=a.py,b`` means a list of two plugins (as BENCH_PLUGINS does), not a sweep over them."""
+    name, _, value = text.partition("=")
+    if override_key(name) != "plugins" or not value or value.lstrip().startswith("["):
+        return text
+    return f"{name}=[{value}]"
+
+
+def requested_plugins(overrides: Sequence[str]) -> list[str]:
+    """The modules and files the ``plugins`` key names on the command line."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    specs: list[str] = []
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if override.get_key_element().lstrip("+~") == "plugins":
+            value = override.value()
+            specs += [str(item) for item in (value if isinstance(value, list) else [value]) if item]
+    return specs
+
+
+def nested_comments(path: Path, parent: str) -> dict[str, str]:
+    """``  key: value  # comment`` lines indented under the top-level ``parent:``: {key: comment}."""
+    comments, inside = {}, False
+    for line in path.read_text().splitlines():
+        if line and line[0] not in " \t#":
+            inside = line.split(":", 1)[0].strip() == parent
+        elif inside and line.startswith("  ") and ":" in line and "#" in line.split(":", 1)[1]:
+            key, rest = line.split(":", 1)
+            comments[key.strip()] = rest.split("#", 1)[1].strip()
+    return comments
 
 
 def help_text() -> str:
@@ -882,6 +910,12 @@ def help_text() -> str:
         if key in ("defaults", "hydra"):
             continue
         default = OmegaConf.to_container(base, resolve=False)[key]
+        if isinstance(default, dict) and key not in grid:  # a group of keys (reference_gradient.*)
+            lines.append(f"  {key}.*".ljust(34) + f" {comments.get(key, '')}")
+            for sub, value in default.items():
+                comment = nested_comments(CONF_DIR / "config.yaml", key).get(sub, "")
+                lines.append(f"    {key}.{sub}={value}".ljust(34) + f" {comment}")
+            continue
         shown = grid.get(key, default)
         lines.append(f"  {key}={shown}".ljust(34) + f" {comments.get(key, '')}")
     lines += [
@@ -921,8 +955,18 @@ def main(overrides: Sequence[str]) -> None:
         print(help_text())
         sys.exit(EXIT_OK)
     overrides = ["dry_run=true" if arg == "--dry-run" else arg for arg in overrides]
+    dashed = next((i for i, arg in enumerate(overrides) if arg.startswith("--")), None)
+    if dashed is not None:
+        key = overrides[dashed].lstrip("-").split("=", 1)[0]
+        value = overrides[dashed + 1] if dashed + 1 < len(overrides) else "VALUE"
+        print(f"bench: error: {overrides[dashed]}: keys are given as key=value, e.g. {key}={value}",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(EXIT_USAGE)
     try:
         arguments = hydra_arguments(overrides)
+        # Plugins join the registries before planning, so their names are valid choices; one that
+        # fails to import (or an installed one that did) stops the sweep before any work.
+        load_plugins(requested_plugins(arguments))
     except (ConfigError, HydraException) as error:
         print(f"bench: error: {error}", file=sys.stderr)
         sys.exit(EXIT_USAGE)

@@ -18,8 +18,9 @@ import torch
 from torch import Tensor
 from torch.func import grad, vmap
 
+from bench.component import bound_config, register
 from bench.errors import ConfigError, NotApplicable
-from problems.base import Params, Problem
+from bench.problems.base import Params, Problem
 
 REGISTRY: dict[str, type[Estimator]] = {}
 Noise = Any  # a Tensor (batch, n_samples, *event) or a tuple of them: whatever ``make_noise`` returns
@@ -55,16 +56,22 @@ class Estimator:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.name:
-            if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
-                raise TypeError(f"estimator name {cls.name!r} registered twice")
-            REGISTRY[cls.name] = cls
+            register(REGISTRY, "estimator", cls)
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        instance = super().__new__(cls)
+        # Every constructor keyword with its default applied, whether or not the subclass hands
+        # them to this base class: config() and cell ids never miss a key.
+        instance._bound_config = bound_config(cls, args, kwargs)
+        return instance
 
     def __init__(self, **config: Any) -> None:
         self._config = config
 
     def config(self) -> dict[str, Any]:
-        """The config values this instance was built from (for tables and cell ids)."""
-        return dict(self._config)
+        """The config this instance was built from: every constructor keyword (defaults applied),
+        as the subclass normalized it where it passed it to this base class (tables, cell ids)."""
+        return {**getattr(self, "_bound_config", {}), **getattr(self, "_config", {})}
 
     def cost_evals(self, n_samples: int, problem: Problem | None = None) -> int:
         """How many evaluations of the cost f (relaxed f̃ included) one estimate spends on
@@ -166,10 +173,11 @@ def fit_by_variance(
 
 
 def positive_int(key: str, value: Any, minimum: int = 0) -> int:
-    """An integer config value ≥ ``minimum``, else a ConfigError naming ``estimator.<key>``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"estimator.{key}", f"expected an integer >= {minimum}, got {value!r}")
-    return value
+    """An integer config value ≥ ``minimum`` (1e3 counts as one), else a ConfigError naming
+    ``estimator.<key>``."""
+    from bench.settings import as_integer
+
+    return as_integer(f"estimator.{key}", value, minimum)
 
 
 def as_number(key: str, value: Any) -> float:

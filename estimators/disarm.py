@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
+from bench.estimators.arm import AntitheticBinary, lift
 from torch import Tensor
-
-from estimators.arm import AntitheticBinary, lift
 
 
 class DisARM(AntitheticBinary):

@@ -5,10 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
-from torch.func import grad
-
-from estimators.base import (
+from bench.estimators.base import (
     Estimator,
     FitReport,
     NoiseSource,
@@ -16,8 +13,10 @@ from estimators.base import (
     positive_float,
     positive_int,
 )
-from estimators.rebar import fit_state, score_term, warm_problem_caches
-from problems.base import Params, Problem
+from bench.estimators.rebar import fit_state, score_term, warm_problem_caches
+from bench.problems.base import Params, Problem
+from torch import Tensor
+from torch.func import grad
 
 
 def double_cv_surrogate(problem: Problem, params: Params, noise: Tensor, alpha: Tensor) -> Tensor:

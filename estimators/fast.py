@@ -16,10 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from bench.estimators.base import Estimator
+from bench.problems.base import Params, Problem
 from torch import Tensor
-
-from estimators.base import Estimator
-from problems.base import Params, Problem
 
 
 def uses_closed_form(estimator: Estimator, problem: Problem, owner: type[Estimator]) -> bool:

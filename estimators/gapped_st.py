@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from bench.estimators.base import Estimator, detached, positive_float, temperature_value
+from bench.estimators.reinmax import straight_through_reason
+from bench.problems.base import Params, Problem
 from torch import Tensor
-
-from estimators.base import Estimator, detached, positive_float, temperature_value
-from estimators.reinmax import straight_through_reason
-from problems.base import Params, Problem
 
 
 def gapped_logits(logits: Tensor, hard: Tensor, gap: float) -> Tensor:

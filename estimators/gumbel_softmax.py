@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.estimators.base import Estimator, temperature_value
+from bench.problems.base import Params, Problem
 from torch import Tensor
-
-from estimators.base import Estimator, temperature_value
-from problems.base import Params, Problem
 
 
 class GumbelSoftmax(Estimator):

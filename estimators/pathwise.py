@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from bench.estimators.base import Estimator
+from bench.problems.base import Params, Problem
 from torch import Tensor
-
-from estimators.base import Estimator
-from problems.base import Params, Problem
 
 
 class Pathwise(Estimator):

@@ -13,9 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from torch import Tensor
-
-from estimators.base import (
+from bench.estimators.base import (
     Estimator,
     FitReport,
     Noise,
@@ -28,7 +26,8 @@ from estimators.base import (
     positive_int,
     temperature_value,
 )
-from problems.base import Params, Problem, open_uniform
+from bench.problems.base import Params, Problem, open_uniform
+from torch import Tensor
 
 LATENT_FLAGS = ("binary_latent", "categorical_latent")
 # The fit stage's batch (estimates per Adam step): 64, fewer at large n_samples so that a step sees

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from bench.estimators.base import Estimator, detached, score_function_surrogate
+from bench.estimators.fast import mean_weighted_score, uses_closed_form
+from bench.problems.base import Params, Problem
 from torch import Tensor
-
-from estimators.base import Estimator, detached, score_function_surrogate
-from estimators.fast import mean_weighted_score, uses_closed_form
-from problems.base import Params, Problem
 
 
 class Reinforce(Estimator):

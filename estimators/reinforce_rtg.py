@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
+from bench.estimators.base import Estimator, detached
+from bench.estimators.fast import mean_weighted_step_score, uses_closed_form
+from bench.problems.base import Params, Problem
 from torch import Tensor
-
-from estimators.base import Estimator, detached
-from estimators.fast import mean_weighted_step_score, uses_closed_form
-from problems.base import Params, Problem
 
 
 def reward_to_go(step_rewards: Tensor) -> Tensor:

@@ -6,9 +6,7 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor
-
-from estimators.base import (
+from bench.estimators.base import (
     FitReport,
     Noise,
     NoiseSource,
@@ -17,14 +15,15 @@ from estimators.base import (
     positive_int,
     temperature_value,
 )
-from estimators.rebar import (
+from bench.estimators.rebar import (
     ConditionalLatentEstimator,
     fit_state,
     fitted_scalars,
     score_term,
     warm_problem_caches,
 )
-from problems.base import Params, Problem
+from bench.problems.base import Params, Problem
+from torch import Tensor
 
 INIT_SEED = (
     0  # the control variate's first layer is drawn from this fixed seed (training is seeded by the noise)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
+from bench.estimators.base import Estimator
+from bench.estimators.unordered_set import categorical_parts, single_categorical_reason
+from bench.problems.base import Params, Problem
 from torch import Tensor
-
-from estimators.base import Estimator
-from estimators.unordered_set import categorical_parts, single_categorical_reason
-from problems.base import Params, Problem
 
 
 class SumAndSample(Estimator):

@@ -18,10 +18,11 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
+from bench.problems import latent
 from torch import Tensor
 
+from bench.component import bound_config, register
 from bench.errors import ConfigError
-from problems import latent
 
 Params = dict[str, Tensor]
 Sample = Any  # a Tensor or a tuple of Tensors (a pytree vmap can carry)
@@ -65,13 +66,27 @@ class Problem(ABC):
     gaussian_latent: ClassVar[bool] = False
     has_score: ClassVar[bool] = False
     cost_depends_on_params: ClassVar[bool] = True
+    # The exact gradient (see ``exact_gradient``). A problem without one sets this False (a class
+    # flag; an instance may also set it, as a VAE beyond enumeration does) and bench measures bias
+    # against a reference gradient estimated by ``reference_estimator`` (declared unbiased) with
+    # ``reference_n_samples`` samples per estimate and ``reference_n_estimates`` estimates, on a noise
+    # stream of its own (``bench.reference``; config ``reference_gradient`` overrides the two).
+    has_exact_gradient: ClassVar[bool] = True
+    reference_estimator: ClassVar[str] = "rloo"
+    reference_n_samples: ClassVar[int] = 16
+    reference_n_estimates: ClassVar[int] = 200_000
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.name:
-            if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
-                raise TypeError(f"problem name {cls.name!r} registered twice")
-            REGISTRY[cls.name] = cls
+            register(REGISTRY, "problem", cls)
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        instance = super().__new__(cls)
+        # Every constructor keyword with its default applied, whether or not the subclass hands
+        # them to this base class: config() and cell ids never miss a key.
+        instance._bound_config = bound_config(cls, args, kwargs)
+        return instance
 
     def __init__(self, device: torch.device | str = "cpu", **config: Any) -> None:
         self.device = torch.device(device)
@@ -99,12 +114,25 @@ class Problem(ABC):
     def cost(self, params: Params, x: Sample) -> Tensor:
         """f(θ, x): (*batch,). May depend on θ directly (e.g. −log q in an ELBO)."""
 
-    @abstractmethod
     def exact_gradient(self) -> Params:
-        """∇θ E_{p(x;θ)}[f(θ, x)] at ``params()``, float64, computed without sampling."""
+        """∇θ E_{p(x;θ)}[f(θ, x)] at ``params()``, float64, computed without sampling. Required
+        unless the problem declares ``has_exact_gradient = False``."""
+        raise NotImplementedError(
+            f"{self.name} has no exact gradient (has_exact_gradient is false): bench measures its bias "
+            "against an estimated reference gradient (reference_gradient)"
+        )
+
+    @classmethod
+    def exact_gradient_for(cls, config: dict[str, Any]) -> bool:
+        """Whether an instance built from ``config`` has an exact gradient, decided without building
+        it (cell ids depend on it). The class flag, unless a problem decides per config (a VAE
+        whose codes are too many to enumerate); a malformed config answers the class flag."""
+        return cls.has_exact_gradient
 
     def exact(self) -> Params:
         """``exact_gradient()``, computed once per instance (it can take seconds)."""
+        if not self.has_exact_gradient:
+            return Problem.exact_gradient(self)  # raises, naming the problem, even if a subclass defines it
         if self._exact is None:
             self._exact = self.exact_gradient()
         return self._exact
@@ -122,7 +150,7 @@ class Problem(ABC):
         Its gap to ``exact()`` is bias the dtype causes, which the bias test must not count
         (``bench.stats.rounding_floor``)."""
         expected_cost = getattr(self, "expected_cost", None)
-        if expected_cost is None:
+        if expected_cost is None or not self.has_exact_gradient:
             return None
         with torch.inference_mode(False), torch.enable_grad():
             params = {name: value.to(dtype).requires_grad_(True) for name, value in self.params().items()}
@@ -238,14 +266,20 @@ class Problem(ABC):
 
     # --- helpers ----------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
-        """The config values this instance was built from (for tables and cell ids)."""
-        return dict(self._config)
+        """The config this instance was built from: every constructor keyword (defaults applied),
+        as the subclass normalized it where it passed it to this base class (tables, cell ids)."""
+        return {**getattr(self, "_bound_config", {}), **getattr(self, "_config", {})}
 
 
 def as_tensor_list(
-    key: str, values: Sequence[float] | float, length: int | None = None, device: torch.device | str = "cpu"
+    key: str,
+    values: Sequence[float] | float,
+    length: int | None = None,
+    device: torch.device | str = "cpu",
+    like: str | None = None,
 ) -> Tensor:
-    """A config list as a float64 tensor, with a message naming ``key`` when it is malformed."""
+    """A config list as a float64 tensor, with a message naming ``key`` when it is malformed;
+    ``length``: the length it must have, that of the list ``like`` (a key named in the message)."""
     if isinstance(values, (int, float)):
         values = [float(values)] * (length if length is not None else 1)
     try:
@@ -255,7 +289,9 @@ def as_tensor_list(
     if tensor.ndim != 1 or tensor.numel() == 0:
         raise ConfigError(key, f"expected a non-empty list of numbers, got {values!r}")
     if length is not None and tensor.numel() != length:
-        raise ConfigError(key, f"expected {length} values to match the other lists, got {tensor.numel()}")
+        other = f"{like} has {length}" if like else f"{length} are expected"
+        message = f"has {tensor.numel()} values but {other}; the lists must have the same length"
+        raise ConfigError(key, message)
     if not torch.isfinite(tensor).all():
         raise ConfigError(key, f"values must be finite, got {values!r}")
     return tensor

@@ -6,9 +6,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from bench.problems.base import Params, Problem, as_tensor_list, open_uniform
 from torch import Tensor
-
-from problems.base import Params, Problem, as_tensor_list, open_uniform
 
 
 class Bernoulli(Problem):
@@ -37,7 +36,9 @@ class Bernoulli(Problem):
     ) -> None:
         super().__init__(device, theta=list(theta), target=list(target))
         self.theta = as_tensor_list("problem.theta", theta, device=device)
-        self.target = as_tensor_list("problem.target", target, length=self.theta.numel(), device=device)
+        self.target = as_tensor_list(
+            "problem.target", target, length=self.theta.numel(), device=device, like="problem.theta"
+        )
 
     @property
     def dim(self) -> int:

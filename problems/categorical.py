@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from bench.problems.base import Params, Problem, as_tensor_list, open_uniform
 from torch import Tensor
 
 from bench.errors import ConfigError
-from problems.base import Params, Problem, as_tensor_list, open_uniform
 
 COSTS = ("linear", "quadratic")
 
@@ -45,7 +45,9 @@ class Categorical(Problem):
     ) -> None:
         super().__init__(device, theta=list(theta), costs=list(costs), cost=cost, target=target)
         self.theta = as_tensor_list("problem.theta", theta, device=device)
-        self.costs = as_tensor_list("problem.costs", costs, length=self.theta.numel(), device=device)
+        self.costs = as_tensor_list(
+            "problem.costs", costs, length=self.theta.numel(), device=device, like="problem.theta"
+        )
         if self.theta.numel() < 2:
             raise ConfigError("problem.theta", "a categorical needs at least 2 categories")
         if cost not in COSTS:

@@ -6,10 +6,10 @@ import math
 from collections.abc import Sequence
 
 import torch
+from bench.problems.base import Params, Problem, as_tensor_list
 from torch import Tensor
 
 from bench.errors import ConfigError
-from problems.base import Params, Problem, as_tensor_list
 
 COSTS = ("linear", "quadratic", "cos", "exp_quadratic")
 
@@ -67,13 +67,15 @@ class Gaussian(Problem):
     ) -> None:
         super().__init__(device, mu=list(mu), sigma=list(sigma), cost=cost, k=k)
         self.mu = as_tensor_list("problem.mu", mu, device=device)
-        self.sigma = as_tensor_list("problem.sigma", sigma, length=self.mu.numel(), device=device)
+        self.sigma = as_tensor_list(
+            "problem.sigma", sigma, length=self.mu.numel(), device=device, like="problem.mu"
+        )
         if (self.sigma <= 0).any():
             raise ConfigError("problem.sigma", f"every value must be > 0, got {list(sigma)}")
         if cost not in COSTS:
             raise ConfigError("problem.cost", f"unknown cost {cost!r}; valid choices: {', '.join(COSTS)}")
         self.cost_name = cost
-        self.k = as_tensor_list("problem.k", k, length=self.mu.numel(), device=device)
+        self.k = as_tensor_list("problem.k", k, length=self.mu.numel(), device=device, like="problem.mu")
         if cost == "exp_quadratic" and (1.0 + 2.0 * self.k * self.sigma**2 <= 0).any():
             raise ConfigError("problem.k", "exp_quadratic needs 1 + 2kσ² > 0, or E[f] is infinite")
 

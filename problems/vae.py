@@ -32,6 +32,14 @@ step on ``TRAIN_BATCH`` = 128 digits drawn (with replacement) from all 1797 by t
 float64, one CPU thread: ~0.1 s at the defaults, ~30 s for vae_bernoulli at latent_dim 16. The
 result is cached in ``results/.cache/`` (relative to the working directory) under a name hashing
 every value that affects it, written atomically (temporary file + os.replace); never downloaded.
+
+Beyond enumeration (vae_bernoulli's latent_dim above ``MAX_BERNOULLI_LATENT`` = 16, vae_categorical's
+n_classes^n_latent above 2^16) a problem has no exact gradient (``has_exact_gradient`` is false on
+the instance): bench measures bias against a reference gradient estimated by rloo at a high budget
+(``bench.reference``), and ``state=trained`` trains on an unbiased sampled gradient of the negative
+ELBO instead of the exact one: per digit ``TRAIN_SAMPLES`` codes from q, the decoder's gradient
+pathwise and the encoder's by the leave-one-out score function (rloo) plus log q's direct term,
+``TRAIN_BATCH`` digits a step. Memory stays O(batch · samples · L), never O(2^L).
 """
 
 from __future__ import annotations
@@ -49,10 +57,10 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from bench.problems.base import Params, Problem, open_uniform
 from torch import Tensor
 
 from bench.errors import ConfigError
-from problems.base import Params, Problem, open_uniform
 
 N_DIGITS = 1797  # images in scikit-learn's digits
 BINARIZE_THRESHOLD = 8  # pixel values are 0..16; a pixel is on when its value is > 8
@@ -62,6 +70,7 @@ MAX_BERNOULLI_LATENT = 16
 TRAIN_BATCH = 128  # digits per training step
 TRAIN_PAIRS = 2**14  # vae_bernoulli: at most this many (digit, code) pairs per training step
 TRAIN_LEARNING_RATE = 1e-2
+TRAIN_SAMPLES = 8  # beyond enumeration: codes per digit of the sampled (rloo) training gradient
 CACHE_DIR = Path("results") / ".cache"
 CACHE_VERSION = 1  # bump when the training recipe changes, so stale caches are not reused
 LOG_2PI = math.log(2.0 * math.pi)
@@ -204,6 +213,14 @@ class DigitsVAE(Problem):
 
     max_latent_dim: ClassVar[int | None] = None  # the exact gradient's limit, if it enumerates codes
 
+    @classmethod
+    def exact_gradient_for(cls, config: dict[str, Any]) -> bool:
+        """Up to ``max_latent_dim`` latent bits the exact gradient enumerates the codes; beyond, none."""
+        latent_dim = config.get("latent_dim", 4)
+        if cls.max_latent_dim is None or isinstance(latent_dim, bool) or not isinstance(latent_dim, int):
+            return cls.has_exact_gradient
+        return latent_dim <= cls.max_latent_dim
+
     def __init__(
         self,
         batch_size: int = 8,
@@ -225,9 +242,7 @@ class DigitsVAE(Problem):
             init_seed=init_seed,
             train_steps=train_steps,
         )
-        max_latent_dim = self.max_latent_dim
-        why = " (the exact gradient enumerates all 2^latent_dim codes per image)" if max_latent_dim else ""
-        self.latent_dim = checked_int("latent_dim", latent_dim, 1, max_latent_dim, why)
+        self.latent_dim = checked_int("latent_dim", latent_dim, 1)
         self.hidden = checked_int("hidden", hidden, 1)
         self.state = checked_state(state)
         self.init_seed = checked_int("init_seed", init_seed, 0)
@@ -237,6 +252,8 @@ class DigitsVAE(Problem):
         # Chosen now (no data needed): a seeded randperm cannot run inside a torch.func transform.
         self.minibatch = minibatch_indices(N_DIGITS, self.batch_size, self.data_seed)
         self._constants: dict[torch.dtype, tuple[Tensor, Params]] = {}
+        # Beyond enumeration: no exact gradient; an estimated reference instead (bench.reference).
+        self.has_exact_gradient = type(self).exact_gradient_for(self._config)  # type: ignore[misc]
 
     # The data is loaded on first use, so that constructing a problem (to validate a sweep's
     # configs) does not import scikit-learn.
@@ -284,7 +301,7 @@ class DigitsVAE(Problem):
 
     def training_key(self) -> dict[str, Any]:
         """Every value the trained point depends on (hashed into the cache file name)."""
-        return {
+        key = {
             "problem": self.name,
             "version": CACHE_VERSION,
             "threshold": BINARIZE_THRESHOLD,
@@ -295,6 +312,9 @@ class DigitsVAE(Problem):
             "init_seed": self.init_seed,
             "train_steps": self.train_steps,
         }
+        if not self.has_exact_gradient:  # only then: the enumerable problems' cache names stay
+            key.update(objective="rloo", train_samples=TRAIN_SAMPLES)
+        return key
 
     def cache_path(self) -> Path:
         """results/.cache/<name>-<hash>.pt, relative to the working directory."""
@@ -329,11 +349,35 @@ class DigitsVAE(Problem):
             chosen = torch.randint(n_images, (self.train_batch_size(),), generator=generator)
             images = self.all_images[chosen]  # (train batch, 64)
             encoded = mlp(point["encoder"], "encoder", images)
-            loss = self.expected_negative_elbo(encoded, point["decoder"], images)
+            if self.has_exact_gradient:
+                loss = self.expected_negative_elbo(encoded, point["decoder"], images)
+            else:
+                loss = self.sampled_training_loss(encoded, point["decoder"], images, generator)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         return {group: {k: v.detach() for k, v in tensors.items()} for group, tensors in point.items()}
+
+    def sampled_training_loss(
+        self, encoded: Tensor, decoder: Params, images: Tensor, generator: torch.Generator
+    ) -> Tensor:
+        """A surrogate whose gradient is an unbiased estimate of ∇ E_q[f] for encoder and decoder
+        (training beyond enumeration): per digit S = ``TRAIN_SAMPLES`` codes z_s ~ q, per-digit
+        costs f_s, and mean_{b,s} [f_s + stopgrad(f_s − mean_{s'≠s} f_s') · log q(z_s|x_b)] (rloo)."""
+        z = self.training_codes(encoded.detach(), generator, TRAIN_SAMPLES)  # (S, B, *code)
+        # one image per "minibatch": negative_elbo's mean over images is then per digit, (S, B)
+        costs = self.negative_elbo(encoded.unsqueeze(-2), decoder, images.unsqueeze(-2), z.unsqueeze(2))
+        log_q = self.code_log_prob(encoded, z)  # (S, B)
+        baseline = (costs.sum(0, keepdim=True) - costs) / (TRAIN_SAMPLES - 1)
+        return (costs + (costs - baseline).detach() * log_q).mean()
+
+    def training_codes(self, encoded: Tensor, generator: torch.Generator, n: int) -> Tensor:
+        """``n`` codes per digit drawn from q given the encoder's outputs (B, out): (n, B, *code)."""
+        raise NotImplementedError(f"{self.name} has no sampled training")
+
+    def code_log_prob(self, encoded: Tensor, z: Tensor) -> Tensor:
+        """log q(z | x) per digit: encoded (B, out), z (*batch, B, *code) → (*batch, B)."""
+        raise NotImplementedError(f"{self.name} has no sampled training")
 
     def trained_point(self) -> dict[str, Params]:
         """The trained point, from the cache when it holds one, else trained and cached."""
@@ -374,7 +418,9 @@ class DigitsVAE(Problem):
 
     def expected_cost(self, params: Params) -> Tensor:
         """E_q[f] = −ELBO averaged over the minibatch, exact. (No ``min_prob``: codes rarer than
-        eps(dtype) are a heavy-tail regime that ``clt_ok`` flags instead.)"""
+        eps(dtype) are a heavy-tail regime that ``clt_ok`` flags instead.) Only within enumeration."""
+        if not self.has_exact_gradient:
+            raise NotImplementedError(f"{self.name}: E_q[f] would enumerate more codes than it allows")
         images, decoder = self.constants(params["encoder.0.weight"].dtype)
         return self.expected_negative_elbo(self.encode(params), decoder, images)
 
@@ -392,9 +438,10 @@ class VAEBernoulli(DigitsVAE):
     MLP_dec: L → ``hidden`` → 64 (tanh); encoder q_φ(z|x) = Π_j Bernoulli(σ(l_j)), l = MLP_enc(x)
     with MLP_enc: 64 → ``hidden`` → L. Cost: the negative ELBO summand (module docstring).
 
-    Keys: batch_size, data_seed, latent_dim (≤ 16), hidden, state (init | trained), init_seed,
-    train_steps. Noise: u ~ U(0, 1)^(B×L); z = 1[u > 1 − σ(l)], so the binary Concrete relaxation
-    σ((l + log u − log(1 − u))/τ) shares the noise. Relaxed cost: the same formula at z ∈ [0, 1]^L
+    Keys: batch_size, data_seed, latent_dim (exact gradient up to 16; beyond, an estimated reference),
+    hidden, state (init | trained), init_seed, train_steps. Noise: u ~ U(0, 1)^(B×L);
+    z = 1[u > 1 − σ(l)], so the binary Concrete relaxation σ((l + log u − log(1 − u))/τ) shares
+    the noise. Relaxed cost: the same formula at z ∈ [0, 1]^L
     (decoder on the relaxed z, log q as z log σ(l) + (1 − z) log σ(−l)); equal to the cost at hard z.
 
     Exact gradient: autograd (float64) through E_q[f] = mean_b Σ_k q(c_k|x_b) f_b(c_k), summed over
@@ -423,8 +470,18 @@ class VAEBernoulli(DigitsVAE):
         return self.latent_dim
 
     def train_batch_size(self) -> int:
-        """TRAIN_BATCH digits, fewer when 2^L is large: a step enumerates 2^L codes per digit."""
+        """TRAIN_BATCH digits, fewer when 2^L is large: a step enumerates 2^L codes per digit
+        (beyond enumeration the step samples codes: TRAIN_BATCH)."""
+        if not self.has_exact_gradient:
+            return TRAIN_BATCH
         return max(1, min(TRAIN_BATCH, TRAIN_PAIRS >> self.latent_dim))
+
+    def training_codes(self, encoded: Tensor, generator: torch.Generator, n: int) -> Tensor:
+        u = torch.rand((n, *encoded.shape), generator=generator, dtype=encoded.dtype)
+        return (u < torch.sigmoid(encoded)).to(encoded.dtype)  # (n, B, L)
+
+    def code_log_prob(self, encoded: Tensor, z: Tensor) -> Tensor:
+        return bernoulli_log_prob(encoded, z).sum(-1)
 
     def init_decoder(self, generator: torch.Generator) -> Params:
         return mlp_init(generator, "decoder", (self.latent_dim, self.hidden, N_PIXELS))

@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from bench.estimators import REGISTRY as ESTIMATORS
+from bench.estimators.base import Estimator, detached
+from bench.estimators.reinforce_rtg import ReinforceRewardToGo, reward_to_go
+from bench.problems import REGISTRY as PROBLEMS
+from bench.problems.base import Params, Problem
+from bench.problems.bernoulli import Bernoulli
+from bench.problems.cartpole import CartPole, cartpole_step, cartpole_terminated
 from torch import Tensor
 
 from bench.errors import ConfigError
-from estimators import REGISTRY as ESTIMATORS
-from estimators.base import Estimator, detached
-from estimators.reinforce_rtg import ReinforceRewardToGo, reward_to_go
-from problems import REGISTRY as PROBLEMS
-from problems.base import Params, Problem
-from problems.bernoulli import Bernoulli
-from problems.cartpole import CartPole, cartpole_step, cartpole_terminated
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ import math
 import pytest
 import torch
 
-import estimators
+from bench import estimators
 from bench.errors import ConfigError
 from bench.sweep import group_options
 from tests.conftest import make

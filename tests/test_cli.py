@@ -115,7 +115,8 @@ def test_list_shows_applicability():
         (["problem=gaussian", "problem.sigma=[1.0,-1.0]"], "problem.sigma: every value must be > 0"),
         (["estimator=gumbel_softmax", "estimator.temperature=0"], "estimator.temperature: must be"),
         (["problem=bernoulli", "estimator=rloo", "n_samples=1"], "rloo needs n_samples >= 2"),
-        (["problem=bernoulli", "problem.theta=[0.0,1.0]"], "problem.target: expected 2 values"),
+        (["problem=bernoulli", "problem.theta=[0.0,1.0]"], "problem.target: has 3 values but problem.theta has 2"),
+        (["--n_samples", "4"], "--n_samples: keys are given as key=value, e.g. n_samples=4"),
         (["n_estimates=1"], "n_estimates: expected an integer >= 2"),
         (["problem=bernoulli", "estimator=pathwise"], "pathwise requires has_rsample"),
         (["dtype=float16"], "dtype: expected one of float32, float64"),
@@ -127,10 +128,22 @@ def test_bad_input_is_rejected_before_any_work(args, message, tmp_out):
     run = bench("sweep", *args, f"out={tmp_out}")
     assert run.returncode == 2, (run.stdout[-2000:], run.stderr[-2000:])
     assert message in run.stderr, run.stderr
-    assert not (tmp_out / "cells").exists()
+    assert not tmp_out.exists()  # a command that ran nothing leaves nothing behind
 
 
 def test_unknown_command_lists_choices():
     run = bench("frobnicate")
     assert run.returncode == 2
     assert "sweep" in run.stderr and "plot" in run.stderr
+
+
+def test_integer_keys_accept_integral_floats(tmp_out):
+    # Hydra reads 1e3 as a float; an integral one is the integer it names, with the same cell id.
+    first = bench("sweep", "problem=bernoulli", "estimator=relax", "n_samples=2.0", "n_estimates=1e3",
+                  "estimator.train_steps=1e1", "plots=false", f"out={tmp_out}")  # fmt: skip
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = bench("sweep", "problem=bernoulli", "estimator=relax", "n_samples=2", "n_estimates=1000",
+                  "estimator.train_steps=10", "plots=false", f"out={tmp_out}")  # fmt: skip
+    assert "1 already finished in out are reused" in again.stdout
+    fractional = bench("sweep", "problem=bernoulli", "estimator=rloo", "n_estimates=2.5", f"out={tmp_out}")
+    assert fractional.returncode == 2 and "n_estimates: expected an integer >= 2" in fractional.stderr

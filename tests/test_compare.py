@@ -1,6 +1,8 @@
 """``bench compare`` as a user runs it: two real tiny sweeps in a subprocess, then the comparison in a
 subprocess, with regressions planted by editing a copy of a sweep's cells.parquet (one kind at a
-time), and one genuinely different sweep (other n_estimates and seed, so every id differs)."""
+time), and one genuinely different sweep (other n_estimates and seed, so every id differs). The
+status, conformance, variance and ``--strict`` checks; the throughput test has its own file
+(tests/test_compare_throughput.py)."""
 
 from __future__ import annotations
 
@@ -73,13 +75,6 @@ def row(cells: pd.DataFrame, problem: str, estimator: str, n_samples: int) -> in
     return found[0]
 
 
-def quiet(cells: pd.DataFrame) -> None:
-    """As if timed on an idle machine: load 0 and a full core held, so that no throughput finding
-    depends on how busy this machine was when the fixture sweep ran."""
-    cells["load_avg"] = 0.0
-    cells["cpu_seconds"] = cells["n_estimates"] / cells["estimates_per_s"] * cells["threads"]
-
-
 def report(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
     path = tmp_path / "comparison.json"
     run = bench("compare", *args, "--json", path)
@@ -104,9 +99,9 @@ def test_a_sweep_against_its_copy_exits_0(baseline, tmp_path):
     assert quiet_run.returncode == 0 and "no matched cell changed beyond tolerance" in quiet_run.stdout
 
 
-def planted_variance(factor: float) -> Callable[[pd.DataFrame], None]:
+def planted_variance(factor: float, problem: str = "categorical") -> Callable[[pd.DataFrame], None]:
     def edit(cells: pd.DataFrame) -> None:
-        index = row(cells, "categorical", "rloo", 4)
+        index = row(cells, problem, "rloo", 4)
         for column in ["variance", "variance_stderr", "variance_ci_low", "variance_ci_high"]:
             cells.loc[index, column] *= factor  # the same relative interval, `factor` times higher
 
@@ -148,6 +143,31 @@ def test_planted_conformance_flip_is_a_regression(baseline, tmp_path):
     assert "pass→unreliable" in changed and "conformance changed" in changed
 
 
+def test_a_conformance_regression_is_never_counted_as_an_improvement(baseline, tmp_path):
+    """A biased estimator often has a lower variance: pass→fail with the variance down a third is a
+    regression, and its "variance down" is shown but not counted among the improvements."""
+
+    def biased(cells: pd.DataFrame) -> None:
+        index = row(cells, "categorical", "rloo", 4)
+        cells.loc[index, "conformance"] = "fail"
+        for column in ["variance", "variance_stderr", "variance_ci_low", "variance_ci_high"]:
+            cells.loc[index, column] /= 3
+
+    new = edited(baseline, tmp_path / "b", biased)
+    run, full = report(tmp_path, baseline, new)
+    assert run.returncode == 5, run.stdout + run.stderr
+    (cell,) = [cell for cell in full["cells"] if cell["findings"]]
+    assert cell["findings"] == {"conformance": "regression", "variance": "improvement"}
+    assert cell["regressions"] == ["conformance"]
+    assert sum(full["summary"]["improvements"].values()) == 0 and "; 0 improvement(s); exit 5" in run.stdout
+    line = next(line for line in run.stdout.splitlines() if cell["cell_new"] in line)
+    assert "CONFORMANCE FAIL" in line and "variance down" in line
+    # the same variance drop on a cell that still passes is an improvement
+    better = edited(baseline, tmp_path / "c", planted_variance(1 / 3))
+    run = bench("compare", baseline, better)
+    assert run.returncode == 0 and "; 1 improvement(s); exit 0" in run.stdout
+
+
 def test_planted_failed_cell_is_a_regression(baseline, tmp_path):
     def fail(cells: pd.DataFrame) -> None:
         index = row(cells, "categorical", "reinforce", 2)
@@ -161,53 +181,60 @@ def test_planted_failed_cell_is_a_regression(baseline, tmp_path):
     assert "ok→failed" in run.stdout and "FAILED" in run.stdout
 
 
-def test_planted_slowdown_is_a_regression_normalized_by_the_control(baseline, tmp_path):
-    quiet_baseline = edited(baseline, tmp_path / "a", quiet)
+def test_strict_fails_on_missing_cells_skipped_cells_and_changed_settings(baseline, tmp_path):
+    """Without --strict these are reported and exit 0; with it, exit 6 (a regression still wins: 5)."""
+    cells = pd.read_parquet(baseline / "cells.parquet")
+    half = write_cells(tmp_path / "half", cells[cells["problem"] == "bernoulli"], baseline)  # 4 of 8
 
-    def slower(problem: str, estimator: str, n_samples: int, load: float = 0.0):
-        def edit(cells: pd.DataFrame) -> None:
-            quiet(cells)
-            index = row(cells, problem, estimator, n_samples)
-            cells.loc[index, "estimates_per_s"] /= 2
-            cells.loc[index, "cpu_seconds"] *= (
-                2  # a slower kernel: twice the CPU time, a core held throughout
-            )
-            cells.loc[index, "load_avg"] = load
+    def skipped(cells: pd.DataFrame) -> None:
+        index = row(cells, "categorical", "rloo", 2)
+        cells.loc[index, ["status", "reason"]] = ["skipped", "not applicable"]
+        cells.loc[index, ["variance", "variance_stderr", "estimates_per_s", "conformance"]] = None
 
-        return edit
+    def fewer_estimates(cells: pd.DataFrame) -> None:
+        index = row(cells, "bernoulli", "rloo", 4)
+        cells.loc[index, "n_estimates"] = 1000  # another n_estimates: another id, matched by setting
+        cells.loc[index, "cell"] = "x" + cells.loc[index, "cell"]
 
-    # half the throughput of one cell: below 1 − 25%; the control (bernoulli × reinforce at its
-    # largest n_samples, 4) is unchanged
-    new = edited(baseline, tmp_path / "b", slower("categorical", "rloo", 2))
-    run, full = report(tmp_path, quiet_baseline, new)
-    offending = pd.read_parquet(baseline / "cells.parquet").set_index(["problem", "estimator", "n_samples"])
-    offending = offending.loc[("categorical", "rloo", 2), "cell"]
-    assert run.returncode == 5, run.stdout + run.stderr
-    assert regressions(full) == {offending: ["throughput"]}
-    assert "SLOWER" in next(line for line in run.stdout.splitlines() if offending in line)
-    assert full["throughput_test"]["control_problem"] == "bernoulli"
-    assert full["throughput_test"]["control_n_samples"] == 4
-    assert math.isclose(next(c for c in full["cells"] if c["cell_new"] == offending)["throughput_ratio"], 0.5)
-
-    # the control itself slower: every other cell is relatively faster, nothing regressed ...
-    control_slower = edited(baseline, tmp_path / "c", slower("bernoulli", "reinforce", 4))
-    run = bench("compare", quiet_baseline, control_slower)
-    assert run.returncode == 0, run.stdout
-    assert "7 improvement(s)" in run.stdout
-    # ... unless another control is chosen, under which that cell is the slow one
-    run = bench("compare", quiet_baseline, control_slower, "--control", "categorical:reinforce:2")
-    assert run.returncode == 5 and "SLOWER" in run.stdout
-
-    # timed on a busy machine: reported, not counted, unless --count-busy
-    busy = edited(baseline, tmp_path / "d", slower("categorical", "rloo", 2, load=99.0))
-    run = bench("compare", quiet_baseline, busy)
-    assert run.returncode == 0, run.stdout
-    assert "not counted" in run.stdout and "load 99.0" in run.stdout
-    assert bench("compare", quiet_baseline, busy, "--count-busy").returncode == 5
-    assert bench("compare", quiet_baseline, new, "--no-throughput").returncode == 0
-    # --control median: normalized by the median new/base of the quietly timed cells
-    assert compare.main([str(quiet_baseline), str(new), "--control", "median"]) == 5
-    assert compare.main([str(quiet_baseline), str(busy), "--control", "median"]) == 0
+    cases = {
+        "missing": (
+            half,
+            "4 missing in NEW, 0 no longer ok, 0 with changed settings",
+            "unmatched 4 baseline",
+        ),
+        "skipped": (
+            edited(baseline, tmp_path / "s", skipped),
+            "0 missing in NEW, 1 no longer ok",
+            "ok→skipped",
+        ),
+        "fewer": (
+            edited(baseline, tmp_path / "f", fewer_estimates),
+            "1 with changed settings",
+            "settings changed (n_estimates 2000→1000)",
+        ),
+    }
+    for name, (new, counts, shown) in cases.items():
+        run = bench("compare", baseline, new)
+        assert run.returncode == 0, (name, run.stdout + run.stderr)
+        assert (
+            counts in run.stdout
+            and shown in run.stdout
+            and "(reported; --strict fails on them)" in run.stdout
+        )
+        run, full = report(tmp_path, baseline, new, "--strict")
+        assert run.returncode == 6, (name, run.stdout + run.stderr)
+        assert full["exit_status"] == 6 and full["summary"]["strict"]["total"] >= 1
+        assert counts in run.stdout and run.stdout.rstrip().endswith("exit 6")
+    # an identical sweep passes --strict
+    assert (
+        bench(
+            "compare", baseline, edited(baseline, tmp_path / "same", lambda cells: None), "--strict"
+        ).returncode
+        == 0
+    )
+    # a regression as well: exit 5, whatever --strict says
+    worse = edited(half, tmp_path / "worse", planted_variance(3.0, "bernoulli"))
+    assert bench("compare", baseline, worse, "--strict").returncode == 5
 
 
 def test_a_different_sweep_is_matched_by_config(baseline, other_sweep, tmp_path):
@@ -219,13 +246,23 @@ def test_a_different_sweep_is_matched_by_config(baseline, other_sweep, tmp_path)
     assert [cell["n_samples"] for cell in full["unmatched"]["new"]] == [8, 8, 8, 8]
     assert full["unmatched"]["baseline"] == []
     assert "unmatched in NEW (4)" in run.stdout and "8 matched (0 by id, 8 by config)" in run.stdout
-    # same estimators, same configs: no variance, conformance or status regression. The throughput of
-    # these millisecond cells is noise, so only that may differ (the exit status says whether it did).
-    counts = full["summary"]["regressions"]
-    assert counts["variance"] == counts["conformance"] == counts["status"] == 0
-    assert run.returncode == (5 if counts["throughput"] else 0)
+    # same estimators, same configs: no regression. These millisecond cells are too short to judge
+    # their throughput, so no throughput noise can set the exit status either.
+    assert run.returncode == 0 and not regressions(full), run.stdout
+    assert full["throughput_test"]["judged"] == 0 and full["throughput_test"]["too_short"] == 8
+    # every pair ran at other n_estimates and seed: reported, and --strict fails on it (exit 6)
+    assert full["summary"]["strict"] == {
+        "missing_in_new": 0, "no_longer_ok": 0, "settings_changed": 8, "total": 8
+    }  # fmt: skip
+    assert "settings changed (n_estimates 2000→3000, seed 0→1)" in run.stdout
+    assert "(reported; --strict fails on them)" in run.stdout
+    strict = bench("compare", baseline, other_sweep, "--strict")
+    assert strict.returncode == 6, strict.stdout + strict.stderr
+    assert "8 with changed settings; 0 improvement(s); exit 6" in strict.stdout
     reverse = bench("compare", other_sweep, baseline, "--no-throughput")
     assert reverse.returncode == 0 and "unmatched in BASELINE (4)" in reverse.stdout
+    # the 4 cells at n_samples=8 are missing from the baseline's point of view: --strict fails
+    assert bench("compare", other_sweep, baseline, "--strict").returncode == 6
 
 
 def test_bad_input_exits_2_naming_the_problem(baseline, tmp_path):
@@ -259,6 +296,10 @@ def test_bad_options_and_tables_exit_2(baseline, tmp_path, capsys):
     assert status == 2 and "PROBLEM:ESTIMATOR" in err
     status, err = call([baseline, baseline, "--control", "gaussian:pathwise"], capsys)
     assert status == 2 and "no matched cell" in err and "bernoulli:reinforce:4" in err
+    status, err = call([baseline, baseline, "--control", "bernoulli:reinforce"], capsys)
+    assert status == 2 and "too short to judge" in err and "timed" in err  # a control must be judged
+    status, err = call([baseline, baseline, "--min-timed-seconds", "-1"], capsys)
+    assert status == 2 and "--min-timed-seconds must be >= 0" in err
 
     garbled = tmp_path / "garbled"
     garbled.mkdir()
@@ -284,15 +325,18 @@ def test_an_older_table_without_some_columns_or_metadata(baseline, tmp_path, cap
     checks that need the missing columns are skipped with a note."""
     old = tmp_path / "old"
     old.mkdir()
-    cells = pd.read_parquet(baseline / "cells.parquet").drop(columns=["conformance", "cpu_seconds"])
+    dropped = ["conformance", "cpu_seconds", "timed_batches", "batch_log_sd"]
+    cells = pd.read_parquet(baseline / "cells.parquet").drop(columns=dropped)
     cells.to_parquet(old / "cells.parquet")  # pandas' own writer: no bench metadata
     for first, second in ((old, baseline), (baseline, old)):
         status = compare.main([str(first), str(second), "--all", "--json", str(tmp_path / "r.json")])
         out = capsys.readouterr().out
         assert status == 0, out
         assert "column conformance missing in" in out and "8 matched (8 by id" in out
+        assert "column timed_batches missing in" in out
         full = json.loads((tmp_path / "r.json").read_text())
         assert all(cell["variance_ratio"] == 1 for cell in full["cells"])
+        assert all("no per-batch timings" in cell["throughput_note"] for cell in full["cells"])
 
 
 def write_cells(directory: Path, cells: pd.DataFrame, like: Path) -> Path:

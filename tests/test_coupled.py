@@ -16,12 +16,12 @@ import time
 import numpy as np
 import pytest
 import torch
+from bench.estimators.arm import antithetic_pair
+from bench.problems.bernoulli import Bernoulli
+from bench.problems.categorical import Categorical
 from scipy import integrate
 
 from bench.runner import run_cell
-from estimators.arm import antithetic_pair
-from problems.bernoulli import Bernoulli
-from problems.categorical import Categorical
 from tests.conftest import make
 
 ALPHA = 1e-3

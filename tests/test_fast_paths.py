@@ -7,20 +7,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from bench.estimators.base import Estimator, detached
+from bench.estimators.fast import uses_closed_form
+from bench.estimators.reinforce import Reinforce
+from bench.estimators.reinforce_rtg import reward_to_go, reward_to_go_by_matmul
+from bench.estimators.rloo import ReinforceLeaveOneOut
+from bench.problems.base import Params, Problem
+from bench.problems.bernoulli import Bernoulli
+from bench.problems.cartpole import CartPole
+from bench.problems.categorical import Categorical
+from bench.problems.gaussian import Gaussian
+from bench.problems.multicategorical import MultiCategorical
 from torch.func import grad, vmap
 
 from bench.runner import run_cell
-from estimators.base import Estimator, detached
-from estimators.fast import uses_closed_form
-from estimators.reinforce import Reinforce
-from estimators.reinforce_rtg import reward_to_go, reward_to_go_by_matmul
-from estimators.rloo import ReinforceLeaveOneOut
-from problems.base import Params, Problem
-from problems.bernoulli import Bernoulli
-from problems.cartpole import CartPole
-from problems.categorical import Categorical
-from problems.gaussian import Gaussian
-from problems.multicategorical import MultiCategorical
 from tests.conftest import make
 
 DTYPES = (torch.float32, torch.float64)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from bench.problems import latent
 from scipy import stats
 
-import problems
+from bench import problems
 from bench.sweep import group_options
-from problems import latent
 from tests.conftest import make
 
 ALPHA = 1e-3

@@ -16,12 +16,12 @@ import time
 
 import pytest
 import torch
+from bench.problems import REGISTRY, latent
+from bench.problems.multicategorical import MultiCategorical
 
 from bench.errors import ConfigError
 from bench.runner import run_cell
 from bench.sweep import default_config
-from problems import REGISTRY, latent
-from problems.multicategorical import MultiCategorical
 from tests.conftest import make
 
 ALPHA = 1e-3

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import math
 
+import bench.estimators.mvd as mvd
 import numpy as np
 import pytest
 import torch
+from bench.estimators.mvd import double_sided_maxwell, rayleigh
+from bench.problems.gaussian import Gaussian
 from scipy import integrate, stats
 
-import estimators.mvd as mvd
 from bench.errors import ConfigError
 from bench.runner import run_cell
-from estimators.mvd import double_sided_maxwell, rayleigh
-from problems.gaussian import Gaussian
 from tests.conftest import make
 
 ALPHA = 1e-3

@@ -1,5 +1,7 @@
-"""The plots: every file is written (PNG and SVG), colours are fixed per estimator across sweeps, and no
-text in any figure overlaps another text, leaves the figure or runs into a neighbouring panel.
+"""The plots: every file is written (PNG and SVG), colours are fixed per estimator across sweeps, no
+text in any figure overlaps another text, leaves the figure or runs into a neighbouring panel, and the
+scorecard cannot mislead: a biased or failed estimator never ranks above an unbiased one, one row order
+in every n_samples panel, one tick notation per figure, a bounded height.
 
 Sweeps: a tiny real one (run_cell + write_cell + merge, in-process), its one-problem slice, a synthetic
 table with the default sweep's shape (10 problem configs, 20 estimators, temperatures, 711 cells), and a
@@ -11,6 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import re
 from pathlib import Path
 
 import matplotlib
@@ -25,6 +28,7 @@ from bench.runner import run_cell
 from tests.conftest import make
 
 STEMS = {"scorecard", "variance_vs_budget", "variance_vs_samples", "bias_vs_variance", "temperature"}
+REAL_SCORECARDS = {"scorecard_bernoulli", "scorecard_categorical"}  # one per problem of the real sweep
 METADATA = {
     "problem_columns": ["cost"],
     "estimator_columns": ["temperature"],
@@ -285,7 +289,7 @@ def test_every_plot_is_written_as_png_and_svg(
     table, metadata, out = real
     written = plots.draw_all(table, out / "plots")  # metadata read from out/cells.parquet, as the sweep does
     assert {path.name for path in written} == {
-        f"{stem}.{suffix}" for stem in STEMS for suffix in ("png", "svg")
+        f"{stem}.{suffix}" for stem in STEMS | REAL_SCORECARDS for suffix in ("png", "svg")
     }
     for path in written:
         assert path.stat().st_size > 10_000, path
@@ -298,9 +302,11 @@ def test_every_plot_is_written_as_png_and_svg(
     single = table[table["problem"] == "bernoulli"]
     monkeypatch.setattr(plots, "can_fork", lambda: False)
     again = plots.draw_all(single, tmp_path / "plots", metadata)
-    assert [path.name for path in again] == [path.name for path in written]
+    assert [path.name for path in again] == [
+        path.name for path in written if not path.stem.startswith("scorecard_categorical")
+    ]
     narrow = plots.draw_all(narrow_sweep(), tmp_path / "narrow", METADATA)
-    assert {path.name for path in narrow} == {path.name for path in written}
+    assert {path.name for path in narrow} == {path.name for path in again}
 
 
 def test_what_a_failed_child_should_have_drawn_is_drawn_here(
@@ -318,7 +324,7 @@ def test_what_a_failed_child_should_have_drawn_is_drawn_here(
 
     monkeypatch.setattr(plots, "build", failing_in_the_child)
     written = plots.draw_all(table, tmp_path / "plots", metadata)
-    assert {path.stem for path in written} == STEMS
+    assert {path.stem for path in written} == STEMS | REAL_SCORECARDS
     assert all(path.exists() for path in written)
 
 
@@ -330,12 +336,15 @@ def test_nothing_to_plot_writes_nothing(tmp_path: Path) -> None:
 
 
 def test_colours_are_fixed_per_estimator_across_sweeps(real: tuple, default_shape: pd.DataFrame) -> None:
-    import estimators
+    from bench import estimators
 
-    colours = plots.registry_colours()
-    assert set(estimators.REGISTRY) <= set(colours)
-    registered = [colours[name] for name in estimators.REGISTRY]
+    builtin = [name for name in estimators.REGISTRY if name in plots.ESTIMATOR_COLOURS]
+    assert builtin == list(estimators.REGISTRY), "every built-in estimator has a fixed colour"
+    registered = [plots.estimator_colour(name) for name in builtin]
     assert len(set(registered)) == len(registered), "two registered estimators share a colour"
+    # A plugin's colour depends on its name alone, not on the other plugins installed.
+    assert plots.estimator_colour("indep_baseline") == plots.estimator_colour("indep_baseline")
+    assert plots.estimator_colour("indep_baseline") in plots.FALLBACK_COLOURS
     table, metadata, _ = real
     small = plots.prepare(table, metadata)
     large = plots.prepare(default_shape, METADATA)
@@ -348,11 +357,30 @@ def test_colours_are_fixed_per_estimator_across_sweeps(real: tuple, default_shap
         data = plots.prepare(frame, metadata if frame is table else METADATA)
         figure = plots.build("variance_vs_budget", data, "reinforce")
         labels = [t for t in figure.findobj(matplotlib.text.Text) if t.get_text() == "reinforce"]
-        assert labels and {matplotlib.colors.to_hex(t.get_color()) for t in labels} == {colours["reinforce"]}
+        assert labels and {matplotlib.colors.to_hex(t.get_color()) for t in labels} == {
+            plots.estimator_colour("reinforce")
+        }
     assert plots.estimator_colour("not_registered") == plots.estimator_colour("not_registered")
 
 
-@pytest.mark.parametrize("stem", sorted(STEMS))
+# One scorecard per problem config, named scorecard_<problem>[_<key>-<value>].
+DEFAULT_SCORECARDS = [
+    f"scorecard_{name}"
+    for name in (
+        "bernoulli", "cartpole", "categorical_cost-linear", "categorical_cost-quadratic",
+        "gaussian_cost-linear", "gaussian_cost-quadratic", "multicategorical", "vae_bernoulli",
+        "vae_categorical", "vae_gaussian",
+    )
+]  # fmt: skip
+
+
+def test_the_default_shape_has_a_scorecard_per_problem_config(default_shape: pd.DataFrame) -> None:
+    data = plots.prepare(default_shape, METADATA)
+    others = ["bias_vs_variance", "variance_vs_budget", "variance_vs_samples", "temperature"]
+    assert plots.stems(data) == ["scorecard", *DEFAULT_SCORECARDS, *others]
+
+
+@pytest.mark.parametrize("stem", sorted(STEMS) + DEFAULT_SCORECARDS)
 def test_no_text_overlaps_in_the_default_shape(default_shape: pd.DataFrame, stem: str) -> None:
     data = plots.prepare(default_shape, METADATA)
     check_figures({stem: plots.build(stem, data, "reinforce")})
@@ -368,6 +396,152 @@ def test_no_text_overlaps_when_an_axis_spans_less_than_a_decade() -> None:
     figures = plots.figures(narrow_sweep(), METADATA)
     assert {"scorecard", "variance_vs_samples", "bias_vs_variance", "temperature"} <= set(figures)
     check_figures(figures)
+
+
+# --- the scorecard cannot mislead ------------------------------------------------------------------
+def misleading_shape() -> pd.DataFrame:
+    """The default shape with the traps a user met: in every problem config a declared-biased estimator
+    (gapped_st τ=0.1, bias 0.1) with the lowest work variance of all, and a declared-unbiased one that
+    failed conformance (oracle_baseline) with the second lowest."""
+    table = synthetic_sweep(SHAPE)
+    ok = table["status"] == "ok"
+    keys = [table["problem"].astype(object), table["cost"].astype(object).fillna("")]
+    lowest = table["work_variance"].where(ok).groupby(keys).transform("min")
+    assert lowest[ok].notna().all()
+    traps = (
+        ok
+        & (table["estimator"] == "gapped_st")
+        & (table["temperature"].isna() | (table["temperature"] == 0.1)),
+        ok & (table["estimator"] == "oracle_baseline"),
+    )
+    for chosen, factor in zip(traps, (1e-4, 1e-2), strict=True):
+        work = lowest[chosen] * factor
+        cost = table.loc[chosen, "cost_evals"].astype(float)
+        for column, scale in (("", 1.0), ("_ci_low", 1 / 1.04), ("_ci_high", 1.04)):
+            table.loc[chosen, f"work_variance{column}"] = work * scale
+            table.loc[chosen, f"variance{column}"] = work * scale / cost
+    table.loc[traps[0], "bias_norm"] = 0.1
+    table.loc[traps[1], "conformance"] = "fail"
+    table.loc[traps[1], "bias_norm"] = table.loc[traps[1], "bias_resolution"] * 5
+    return table
+
+
+@pytest.fixture(scope="module")
+def default_figures(default_shape: pd.DataFrame) -> dict[str, matplotlib.figure.Figure]:
+    return plots.figures(default_shape, METADATA)
+
+
+def row_positions(ax: matplotlib.axes.Axes) -> dict[str, float]:
+    """Each estimator row's y in a scorecard panel, from its points (labelled with the row's label)."""
+    points = [c for c in ax.collections if isinstance(c, matplotlib.collections.PathCollection)]
+    return {c.get_label(): float(c.get_offsets()[0][1]) for c in points if not c.get_label().startswith("_")}
+
+
+def figure_texts(figure: matplotlib.figure.Figure) -> list[matplotlib.text.Text]:
+    return [t for t in figure.findobj(matplotlib.text.Text) if t.get_text().strip()]
+
+
+def test_a_biased_or_failed_estimator_never_ranks_above_an_unbiased_one_with_a_higher_mse() -> None:
+    data = plots.prepare(misleading_shape(), METADATA)
+    b = plots.budget(data)
+    assert b == 100  # the smallest power of ten at least the largest cost_evals (indecater: 96)
+    frame = plots.with_mse(data, b)
+    flagged = frame.groupby(["problem_label", "label"])["biased"].transform("any")
+    stems = plots.scorecard_stems(data)
+    for stem in ["scorecard", *stems]:
+        figure = plots.build(stem, data, "reinforce")
+        assert any(f"B = {b:g} evaluations" in t.get_text() for t in figure_texts(figure)), stem  # stated
+        for ax in figure.axes:
+            rows = row_positions(ax)
+            problem = ax.get_label()  # the problem a scorecard panel shows
+            cells = frame[frame["problem_label"] == problem]
+            mse = cells.groupby("label")["mse_at_budget"].min()
+            biased = set(cells.loc[flagged[cells.index], "label"])
+            order = sorted(rows, key=rows.get)
+            assert order[0] not in biased, (stem, order)  # the trap: lowest work variance, but biased
+            for position, upper in enumerate(order):
+                for lower in order[position + 1 :]:
+                    if upper in biased and lower not in biased:
+                        assert mse[upper] < mse[lower], (stem, upper, lower)
+        # the failed estimator cannot be missed: its name in bold red, in every figure that shows it
+        problems = [stems[stem]] if stem in stems else list(frame["problem_label"])
+        if "oracle_baseline" not in set(frame.loc[frame["problem_label"].isin(problems), "estimator"]):
+            continue
+        failed = [t for t in figure_texts(figure) if t.get_text().startswith("oracle_baseline")]
+        assert failed and all(t.get_color() == "#c00000" and t.get_fontweight() == "bold" for t in failed), (
+            stem
+        )
+
+
+def test_one_row_order_in_every_n_samples_panel_of_a_problem(default_figures: dict) -> None:
+    for stem in DEFAULT_SCORECARDS:
+        figure = default_figures[stem]
+        panels = [row_positions(ax) for ax in figure.axes]
+        assert len(panels) == 3, stem  # n_samples 1, 4, 16
+        for label in set().union(*panels):
+            assert len({panel[label] for panel in panels if label in panel}) == 1, (stem, label)
+        # the rows are named once, left of the first panel, at the height of their points
+        names = {
+            t.get_text().removesuffix(" \u2715").removesuffix(" \u26a0"): t.get_position()[1]
+            for ax in figure.axes
+            for t in ax.texts
+            if t.get_position()[0] < 0
+        }
+        assert all(t.get_position()[0] >= 0 for ax in figure.axes[1:] for t in ax.texts), stem
+        for label, y in set().union(*(panel.items() for panel in panels)):
+            assert names[label] == y, (stem, label)
+
+
+SETTINGS = (
+    "n_samples",
+    "cost_evals",
+    "temperature",
+)  # axes of settings: plain numbers, as the sweep set them
+
+
+def notation(label: str) -> str:
+    return (
+        "power"
+        if "\u00d7" in label or re.search("10[\u2070\u00b9\u00b2\u00b3\u2074-\u2079\u207b]", label)
+        else "plain"
+    )
+
+
+def notations(figure: matplotlib.figure.Figure) -> tuple[set[str], list[set[str]]]:
+    """The notations of the figure's tick labels on axes of measured values, and per axis of settings."""
+    figure.canvas.draw()
+    values, settings = set(), []
+    for ax in figure.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            low, high = sorted(axis.get_view_interval())
+            labels = [t.label1.get_text() for t in axis._update_ticks() if low <= t.get_loc() <= high]
+            kinds = {notation(label) for label in labels if label.strip() and label != "0"}
+            if any(name in axis.get_label_text() for name in SETTINGS):
+                settings.append(kinds)
+            else:
+                values |= kinds
+    return values, settings
+
+
+def test_one_tick_notation_per_figure(default_figures: dict, real: tuple) -> None:
+    table, metadata, _ = real
+    every = {**default_figures, **{f"real {k}": f for k, f in plots.figures(table, metadata).items()}}
+    every.update({f"narrow {k}": f for k, f in plots.figures(narrow_sweep(), METADATA).items()})
+    for stem, figure in every.items():
+        values, settings = notations(figure)
+        assert len(values) <= 1, (stem, values)
+        assert all(len(kinds) <= 1 for kinds in settings), (stem, settings)
+    assert notations(default_figures["scorecard"])[0] == {"power"}  # 10⁻⁵ … 10³ across problems
+
+
+def test_figure_heights_are_bounded_for_the_default_shape(default_figures: dict) -> None:
+    """The default sweep's scorecard was one figure 3803 px tall (at 110 dpi); now the overview stays
+    under 1400 px and each problem's scorecard under 900 px; no figure is taller than 1600 px."""
+    pixels = {stem: figure.get_size_inches() * figure.dpi for stem, figure in default_figures.items()}
+    assert set(DEFAULT_SCORECARDS) | STEMS == set(pixels)
+    assert pixels["scorecard"][1] <= 1400, pixels["scorecard"]
+    assert all(pixels[stem][1] <= 900 for stem in DEFAULT_SCORECARDS), pixels
+    assert all(height <= 1600 and width <= 1800 for width, height in pixels.values()), pixels
 
 
 # --- ticks ----------------------------------------------------------------------------------------

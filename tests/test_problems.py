@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from bench.problems.bernoulli import Bernoulli
+from bench.problems.categorical import Categorical
+from bench.problems.gaussian import COSTS, Gaussian
 from scipy import integrate
 
 from bench.errors import ConfigError
-from problems.bernoulli import Bernoulli
-from problems.categorical import Categorical
-from problems.gaussian import COSTS, Gaussian
 
 
 def enumerated_gradient(problem, outcomes: torch.Tensor) -> torch.Tensor:
@@ -57,7 +57,7 @@ def test_categorical_exact_matches_enumeration_and_formula(cost):
 def gaussian_gradient_by_quadrature(cost: str, mu: float, sigma: float, k: float) -> tuple[float, float]:
     """∇ of ∫ c(x) N(x; μ, σ²) dx by numerical integration of the score-weighted integrands:
     ∂/∂μ = E[c(x)(x − μ)/σ²], ∂/∂σ = E[c(x)((x − μ)² − σ²)/σ³]."""
-    from problems.gaussian import cost_value
+    from bench.problems.gaussian import cost_value
 
     def c(x: float) -> float:
         return float(

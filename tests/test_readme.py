@@ -28,11 +28,11 @@ def test_worked_estimator_example_runs_and_is_unbiased():
     source = source.replace(f'name = "{EXAMPLE_NAME}"', f'name = "{CHECK_NAME}"')
     check = (
         "from bench.runner import run_cell\n"
-        "from problems.categorical import Categorical\n"
+        "from bench.problems.categorical import Categorical\n"
         "row = run_cell(Categorical(), SplitBaseline(), n_samples=4, n_estimates=20000, seed=3).row\n"
         "assert row['status'] == 'ok', row\n"
         "assert row['bias_pvalue'] > 1e-3, row  # α = 1e-3 family-wise (Bonferroni over dims)\n"
-        "import estimators\n"
+        "from bench import estimators\n"
         f"assert estimators.REGISTRY['{CHECK_NAME}'] is SplitBaseline\n"
     )
     run = subprocess.run(

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from bench.estimators.base import Estimator, detached
+from bench.estimators.reinmax import softmax_jacobian_term
+from bench.problems.bernoulli import Bernoulli
+from bench.problems.categorical import Categorical
+from bench.problems.multicategorical import MultiCategorical
 
 from bench.runner import run_cell
-from estimators.base import Estimator, detached
-from estimators.reinmax import softmax_jacobian_term
-from problems.bernoulli import Bernoulli
-from problems.categorical import Categorical
-from problems.multicategorical import MultiCategorical
 from tests.conftest import make
 from tests.test_categorical_estimators import ALPHA, fixed_noise, gumbel, onehot_noise, softmax_jacobian
 

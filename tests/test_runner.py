@@ -12,11 +12,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+from bench.estimators.base import Estimator
+from bench.problems.bernoulli import Bernoulli
 
 from bench.output import merge, run_metadata, write_cell
 from bench.runner import auto_batch_size, param_names, run_cell
-from estimators.base import Estimator
-from problems.bernoulli import Bernoulli
 from tests.conftest import make
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -309,8 +309,9 @@ def test_declared_unbiased_estimators_pass_in_float32_at_saturated_logits(theta,
     # α = 1e-3 family-wise over dimensions. At these points float32 (and even float64) sampling
     # cannot produce the rarer outcomes, so every estimate misses their share of the gradient; the
     # rounding floor (bench.stats.rounding_floor) must absorb exactly that.
+    from bench.problems.bernoulli import Bernoulli
+
     from bench.runner import run_cell
-    from problems.bernoulli import Bernoulli
     from tests.conftest import make
 
     row = run_cell(Bernoulli(theta=theta, target=target), make("estimator", estimator_name), n_samples=2,
@@ -322,8 +323,9 @@ def test_declared_unbiased_estimators_pass_in_float32_at_saturated_logits(theta,
 def test_a_biased_estimator_is_still_caught_in_float32_near_saturation():
     # The same α = 1e-3 check rejects a half-gradient estimator where the gradient is small (θ = ±6)
     # but representable, and Gumbel-softmax at the saturated point.
+    from bench.problems.bernoulli import Bernoulli
+
     from bench.runner import run_cell
-    from problems.bernoulli import Bernoulli
     from tests.conftest import make
     from tests.test_conformance import HalfBaseline
 

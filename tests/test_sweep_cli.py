@@ -235,7 +235,7 @@ def test_an_out_without_permission_is_a_clear_error(tmp_path):
 # --- what the numbers mean ------------------------------------------------------------------------
 OWN_COST_BASELINE = '''"""REINFORCE whose baseline includes the sample's own cost: biased on purpose."""
 
-from estimators.base import Estimator, detached, score_function_surrogate
+from bench.estimators.base import Estimator, detached, score_function_surrogate
 
 
 class OwnCostBaseline(Estimator):

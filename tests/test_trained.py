@@ -18,15 +18,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from bench.estimators.base import detached, per_estimate_gradients, score_function_surrogate
+from bench.estimators.double_cv import DoubleCV
+from bench.estimators.rebar import Rebar, rebar_surrogate
+from bench.estimators.relax import Relax, control_variate
+from bench.problems.bernoulli import Bernoulli
+from bench.problems.categorical import Categorical
 
 from bench.errors import ConfigError
 from bench.runner import run_cell
-from estimators.base import detached, per_estimate_gradients, score_function_surrogate
-from estimators.double_cv import DoubleCV
-from estimators.rebar import Rebar, rebar_surrogate
-from estimators.relax import Relax, control_variate
-from problems.bernoulli import Bernoulli
-from problems.categorical import Categorical
 from tests.conftest import make
 
 ALPHA = 1e-3

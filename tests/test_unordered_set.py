@@ -13,10 +13,10 @@ import math
 
 import pytest
 import torch
+from bench.estimators.unordered_set import UnorderedSet, log_set_probabilities
+from bench.problems.categorical import Categorical
 
 from bench.runner import run_cell
-from estimators.unordered_set import UnorderedSet, log_set_probabilities
-from problems.categorical import Categorical
 from tests.conftest import make
 from tests.test_categorical_estimators import (
     ALPHA,

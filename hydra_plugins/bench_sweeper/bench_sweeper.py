@@ -19,6 +19,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import configure_log
 from omegaconf import DictConfig, OmegaConf
 
+from bench.cluster import Cluster, describe_tasks, parse_cells_per_job, plan_tasks, run_planned, submitit_kind
 from bench.errors import ConfigError
 from bench.output import scratch, usable_cores
 from bench.sweep import (
@@ -30,7 +31,9 @@ from bench.sweep import (
     default_grid,
     describe_plan,
     execute,
+    first_missing,
     plan,
+    remove_empty,
     run_in_process,
     write_plan,
 )
@@ -47,10 +50,12 @@ class BenchSweeper(BasicSweeper):
         params: dict[str, str] | None = None,
         only: dict[str, Any] | None = None,
         exclude: list[str] | None = None,
+        cells_per_job: Any = "auto",
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.only = only or {}
         self.exclude = exclude or []
+        self.cells_per_job = cells_per_job
 
     def _compose(self, overrides: list[str]) -> DictConfig:
         assert self.hydra_context is not None and self.config is not None
@@ -65,8 +70,11 @@ class BenchSweeper(BasicSweeper):
         (jobs,) = self.split_arguments(overrides, None)
         out = Path(self.config.hydra.sweep.dir)
         dry_run = self.config.get("dry_run") is True
+        created = first_missing(scratch(out))
+        kind = submitit_kind(self.launcher)
         try:
             check_sweep_settings(self.config)
+            cells_per_job = parse_cells_per_job(self.cells_per_job)
             if not dry_run:
                 check_writable(out)
             print(f"bench: planning {len(jobs)} jobs (validating every cell's config)...", flush=True)
@@ -74,11 +82,23 @@ class BenchSweeper(BasicSweeper):
             grid = plan(jobs, self._compose, self._compose([]), user_keys, rules)
         except ConfigError as error:
             print(f"bench: error: {error}", file=sys.stderr)
+            remove_empty(created)  # a command that ran nothing leaves nothing behind
             sys.exit(EXIT_USAGE)
         print(f"bench: planned in {time.perf_counter() - tic:.1f} s", flush=True)
         if dry_run:
             print(describe_plan(grid, out))
+            if kind is not None:  # how the cells would be cut into cluster tasks
+                to_run = [i for i, reason in enumerate(grid.skipped) if reason is None]
+                parts, seconds = plan_tasks(grid, to_run, cells_per_job)
+                print(describe_tasks(kind, parts, len(to_run), cells_per_job, seconds))
             return []
+        cluster = None
+        if kind is not None:
+            try:  # the executor before any work: a launcher that cannot submit is bad input
+                cluster = Cluster(self.launcher, out)
+            except ConfigError as error:
+                print(f"bench: error: {error}", file=sys.stderr)
+                sys.exit(EXIT_USAGE)
         OmegaConf.save(self.config, scratch(out) / "multirun.yaml")
 
         if type(self.launcher) is BasicLauncher:
@@ -89,11 +109,20 @@ class BenchSweeper(BasicSweeper):
             def launch(indices: list[int]) -> Any:
                 return run_in_process([grid.specs[i] for i in indices])
 
+        elif cluster is not None:
+            # A cluster (submitit's Slurm or local launcher): tasks of several cells, sized so that
+            # a task's start-up (~6 s) is a small share of it; bench submits, records, watches and
+            # cancels them itself (bench.cluster).
+            config = OmegaConf.to_container(self.config, resolve=False)
+
+            def launch(indices: list[int]) -> Any:
+                assert cluster is not None
+                return run_planned(cluster, grid, out, indices, cells_per_job, config)
+
         else:
-            # Parallel and cluster launchers: one launcher job per chunk of planned cells. A job
-            # costs ~0.3 s of Hydra's composing and pickling; with joblib, chunks that shrink as
-            # the plan runs out keep the workers busy to the end (``chunks``); elsewhere (a
-            # cluster), one cell per job.
+            # Parallel launchers: one launcher job per chunk of planned cells. A job costs ~0.3 s of
+            # Hydra's composing and pickling; with joblib, chunks that shrink as the plan runs out
+            # keep the workers busy to the end (``chunks``); elsewhere, one cell per job.
             n_jobs = self.config.hydra.launcher.get("n_jobs")
 
             def launch(indices: list[int]) -> Any:
@@ -107,6 +136,8 @@ class BenchSweeper(BasicSweeper):
                 return self.launcher.launch(jobs, initial_job_idx=0)
 
         status = execute(grid, out, self.config, launch, self.max_batch_size)
+        for line in cluster.report if cluster is not None else []:
+            print(line, file=sys.stderr)
         if status:
             sys.exit(status)
         return []
