@@ -177,7 +177,7 @@ def validate(parts: dict[str, Component], built: dict[str, Any]) -> None:
 def run_one(
     out: Path, parts: dict[str, Component], values: dict[str, Any], cell: str, built: dict
 ) -> dict[str, Any]:
-    from bench.sweep import measure
+    from bench.cell import measure
 
     names = {group: part.name for group, part in parts.items()}
     configs = {group: part.config for group, part in parts.items()}
@@ -229,8 +229,10 @@ def run_cells(
     keep: bool,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     from bench.output import merge, run_metadata, write_text_atomic
+    from bench.plan import reusable
+    from bench.settings import parse_alpha, parse_reference
     from bench.summary import summarize_sweep
-    from bench.sweep import check_writable, parse_alpha, parse_reference, reusable
+    from bench.sweep import check_writable
 
     check_writable(out)
     built: dict[str, Any] = {}

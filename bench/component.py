@@ -7,6 +7,8 @@ import contextlib
 import functools
 import hashlib
 import inspect
+import sys
+import types
 from typing import Any
 
 SKIPPED_PARAMETERS = ("self", "device")
@@ -67,19 +69,38 @@ def source_digest(path: str) -> str:
         return hashlib.sha1(file.read()).hexdigest()
 
 
+def own_package_modules(module: types.ModuleType) -> list[types.ModuleType]:
+    """The modules of ``module``'s own package that it uses by name (``from bench.problems import
+    data``, ``from bench.estimators.fast import scaled``): one level, not the whole package."""
+    package = module.__name__.rpartition(".")[0]
+    if not package:
+        return []
+    found = {}
+    for value in vars(module).values():
+        used = value if inspect.ismodule(value) else sys.modules.get(getattr(value, "__module__", "") or "")
+        if used is not None and used is not module and used.__name__.rpartition(".")[0] == package:
+            found[used.__name__] = used
+    return [found[name] for name in sorted(found)]
+
+
 def code_fingerprint(cls: type) -> str:
-    """A hash of the source files of ``cls`` and of every class it inherits from that is not
-    Python's or torch's own (the estimator's module, its base module ``bench.estimators.base``, ...).
-    Editing any of them changes the fingerprint; so does moving the class to another module."""
+    """A hash of the source files of ``cls``, of every class it inherits from that is not Python's or
+    torch's own (the estimator's module, its base module ``bench.estimators.base``, ...), and of the
+    modules of their own package they use (``bench.problems.data`` for the VAEs). Editing any of them
+    changes the fingerprint; so does moving the class to another module."""
     digest = hashlib.sha1()
+    modules: dict[str, types.ModuleType] = {}
     for klass in cls.__mro__:
         if klass.__module__ in ("builtins", "abc", "typing") or klass.__module__.startswith("torch"):
             continue
-        try:
-            path = inspect.getsourcefile(klass)
-        except (TypeError, OSError):
-            path = None
         digest.update(f"{klass.__module__}.{klass.__qualname__}".encode())
+        module = sys.modules.get(klass.__module__)
+        if module is not None:
+            for used in [module, *own_package_modules(module)]:
+                modules.setdefault(used.__name__, used)
+    for name in sorted(modules):
+        path = getattr(modules[name], "__file__", None)
+        digest.update(name.encode())
         if path is not None:
             with contextlib.suppress(OSError):  # source not shipped (a .pyc-only install)
                 digest.update(source_digest(path).encode())

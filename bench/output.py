@@ -9,9 +9,12 @@ Layout of a sweep directory ``out``:
   out/.bench/cells/<cell>.dims.parquet  resume reads them) and its per-dimension rows
   out/.bench/sweep.json                 the running sweep: its cells, start time, time limit
   out/.bench/multirun.yaml              the Hydra config of the last sweep into ``out``
+  out/.bench/plan.json, plan-<run>.json the planned cells handed to parallel / cluster launcher jobs
+  out/.bench/jobs.json (+ .jobs.lock)   cluster tasks in flight, by job id (bench.cluster)
+  out/.bench/submitit/<job id>/         submitit's pickles and each cluster task's logs
   out/.bench/jobs/                      Hydra's job directory (Hydra requires one; nothing is kept in it)
-Run metadata (bench version, git commit, torch version, device, CPU, threads, date, config) is JSON in
-the parquet schema metadata under the key ``bench``.
+Run metadata (bench version, git commit and whether the tree was dirty, code fingerprints, torch
+version, device, CPU, threads, date, config) is JSON in the parquet schema metadata under ``bench``.
 
 Column types never depend on which cells a sweep holds: fixed columns have fixed types
 (``COLUMN_TYPES``), and each config column's type comes from the registry (``config_schema``).
@@ -203,35 +206,31 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-@functools.cache
-def git_commit() -> str | None:
-    """The commit of bench's source tree, when it runs from a git checkout (None when installed)."""
+def git(*args: str) -> str | None:
+    """A git command's output in bench's source tree, None when bench is not a git checkout."""
     source = Path(__file__).resolve().parent.parent
     if not (source / ".git").exists():
         return None
     try:
         run = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10, check=True
+            ["git", *args], cwd=source, capture_output=True, text=True, timeout=10, check=True
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return run.stdout.strip() or None
+    return run.stdout
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """The commit of bench's source tree, when it runs from a git checkout (None when installed)."""
+    return (git("rev-parse", "HEAD") or "").strip() or None
 
 
 @functools.cache
 def git_dirty() -> bool | None:
     """Whether bench's source tree has uncommitted changes to tracked files (None when installed)."""
-    source = Path(__file__).resolve().parent.parent
-    if not (source / ".git").exists():
-        return None
-    try:
-        run = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=source, capture_output=True, text=True, timeout=10, check=True,
-        )  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return bool(run.stdout.strip())
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return None if status is None else bool(status.strip())
 
 
 def code_fingerprints() -> dict[str, str]:

@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
-from bench.problems import latent
 from torch import Tensor
 
 from bench.component import bound_config, register
 from bench.errors import ConfigError
+from bench.problems import latent
 
 Params = dict[str, Tensor]
 Sample = Any  # a Tensor or a tuple of Tensors (a pytree vmap can carry)

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from bench.problems.base import Params, Problem, as_tensor_list, open_uniform
 from torch import Tensor
+
+from bench.problems.base import Params, Problem, as_tensor_list, open_uniform
 
 
 class Bernoulli(Problem):

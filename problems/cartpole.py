@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from bench.problems.base import Params, Problem, as_tensor_list, open_uniform
 from torch import Tensor
 
 from bench.errors import ConfigError
+from bench.problems.base import Params, Problem, as_tensor_list, open_uniform
 
 # Gymnasium CartPole-v1 constants (gymnasium/envs/classic_control/cartpole.py), computed the same way.
 GRAVITY = 9.8

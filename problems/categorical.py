@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from bench.problems.base import Params, Problem, as_tensor_list, open_uniform
 from torch import Tensor
 
 from bench.errors import ConfigError
+from bench.problems.base import Params, Problem, as_tensor_list, open_uniform
 
 COSTS = ("linear", "quadratic")
 

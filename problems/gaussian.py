@@ -6,10 +6,10 @@ import math
 from collections.abc import Sequence
 
 import torch
-from bench.problems.base import Params, Problem, as_tensor_list
 from torch import Tensor
 
 from bench.errors import ConfigError
+from bench.problems.base import Params, Problem, as_tensor_list
 
 COSTS = ("linear", "quadratic", "cos", "exp_quadratic")
 

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from bench.problems.base import Params, Problem, as_tensor_list, open_uniform
 from torch import Tensor
 
 from bench.errors import ConfigError
+from bench.problems.base import Params, Problem, as_tensor_list, open_uniform
 
 COSTS = ("separable", "coupled")
 MAX_OUTCOMES = 2**20  # the exact gradient enumerates every joint outcome, K^D of them

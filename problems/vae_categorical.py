@@ -12,20 +12,21 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+
 from bench.problems import latent
 from bench.problems.base import Params, open_uniform
 from bench.problems.multicategorical import joint_classes
-from bench.problems.vae import (
+from bench.problems.vae import DigitsVAE
+from bench.problems.vae_nets import (
     N_PIXELS,
     TRAIN_BATCH,
     TRAIN_PAIRS,
-    DigitsVAE,
     bernoulli_log_prob,
     checked_int,
     mlp,
     mlp_init,
 )
-from torch import Tensor
 
 # The exact gradient enumerates n_classes^n_latent codes per image (as vae_bernoulli's 2^16); beyond,
 # bias is measured against an estimated reference gradient (``bench.reference``).

@@ -36,3 +36,15 @@ def make_for_tests(group: str, name: str, **overrides):
 @pytest.fixture
 def tmp_out(tmp_path: Path) -> Path:
     return tmp_path / "out"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_in_results():
+    """The suite leaves no sweep folder behind in the checkout's results/ (commands that ran nothing
+    must not create one, and tests write their sweeps under tmp_path)."""
+    results = ROOT / "results"
+    before = set(results.iterdir()) if results.is_dir() else set()
+    yield
+    after = set(results.iterdir()) if results.is_dir() else set()
+    left = sorted(path.name for path in after - before if path.name not in (".cache", ".gitkeep"))
+    assert not left, f"the tests left folders in {results}: {left}"

@@ -16,6 +16,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from torch import Tensor
+
+from bench.errors import ConfigError
 from bench.estimators import REGISTRY as ESTIMATORS
 from bench.estimators.base import Estimator, detached
 from bench.estimators.reinforce_rtg import ReinforceRewardToGo, reward_to_go
@@ -23,9 +26,6 @@ from bench.problems import REGISTRY as PROBLEMS
 from bench.problems.base import Params, Problem
 from bench.problems.bernoulli import Bernoulli
 from bench.problems.cartpole import CartPole, cartpole_step, cartpole_terminated
-from torch import Tensor
-
-from bench.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

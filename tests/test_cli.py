@@ -115,7 +115,10 @@ def test_list_shows_applicability():
         (["problem=gaussian", "problem.sigma=[1.0,-1.0]"], "problem.sigma: every value must be > 0"),
         (["estimator=gumbel_softmax", "estimator.temperature=0"], "estimator.temperature: must be"),
         (["problem=bernoulli", "estimator=rloo", "n_samples=1"], "rloo needs n_samples >= 2"),
-        (["problem=bernoulli", "problem.theta=[0.0,1.0]"], "problem.target: has 3 values but problem.theta has 2"),
+        (
+            ["problem=bernoulli", "problem.theta=[0.0,1.0]"],
+            "problem.target: has 3 values but problem.theta has 2",
+        ),
         (["--n_samples", "4"], "--n_samples: keys are given as key=value, e.g. n_samples=4"),
         (["n_estimates=1"], "n_estimates: expected an integer >= 2"),
         (["problem=bernoulli", "estimator=pathwise"], "pathwise requires has_rsample"),

@@ -24,11 +24,11 @@ import textwrap
 
 import pytest
 import torch
+
+from bench import estimators, problems
 from bench.estimators.base import Estimator, detached, score_function_surrogate
 from bench.problems.bernoulli import Bernoulli
 from bench.problems.categorical import Categorical
-
-from bench import estimators, problems
 from bench.runner import run_cell
 from bench.sweep import default_config, group_options
 from bench.testing import (

@@ -16,11 +16,11 @@ import time
 import numpy as np
 import pytest
 import torch
+from scipy import integrate
+
 from bench.estimators.arm import antithetic_pair
 from bench.problems.bernoulli import Bernoulli
 from bench.problems.categorical import Categorical
-from scipy import integrate
-
 from bench.runner import run_cell
 from tests.conftest import make
 

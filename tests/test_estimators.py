@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from bench import estimators, problems
 from bench.problems.bernoulli import Bernoulli
 from bench.problems.categorical import Categorical
 from bench.problems.gaussian import Gaussian
-
-from bench import estimators, problems
 from bench.registry import group_options, yaml_options
 from tests.conftest import make
 

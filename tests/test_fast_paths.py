@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.func import grad, vmap
+
 from bench.estimators.base import Estimator, detached
 from bench.estimators.fast import uses_closed_form
 from bench.estimators.reinforce import Reinforce
@@ -18,8 +20,6 @@ from bench.problems.cartpole import CartPole
 from bench.problems.categorical import Categorical
 from bench.problems.gaussian import Gaussian
 from bench.problems.multicategorical import MultiCategorical
-from torch.func import grad, vmap
-
 from bench.runner import run_cell
 from tests.conftest import make
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from bench.estimators.gapped_st import gapped_bit_logits, gapped_logits
 from bench.problems.bernoulli import Bernoulli
 from bench.problems.categorical import Categorical
-
 from bench.runner import run_cell
 from tests.conftest import make
 from tests.test_categorical_estimators import ALPHA, fixed_noise, gumbel, onehot_noise, softmax_jacobian

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import itertools
 
-import bench.estimators.indecater as indecater_module
 import pytest
 import torch
+
+import bench.estimators.indecater as indecater_module
 from bench.problems.bernoulli import Bernoulli
 from bench.problems.multicategorical import MultiCategorical
-
 from tests.conftest import make
 from tests.test_categorical_estimators import bit_noise, fixed_noise, gumbel, onehot_noise, weighted_moments
 

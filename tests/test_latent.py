@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bench.problems import latent
 from scipy import stats
 
 from bench import problems
+from bench.problems import latent
 from bench.sweep import group_options
 from tests.conftest import make
 

@@ -16,10 +16,10 @@ import time
 
 import pytest
 import torch
-from bench.problems import REGISTRY, latent
-from bench.problems.multicategorical import MultiCategorical
 
 from bench.errors import ConfigError
+from bench.problems import REGISTRY, latent
+from bench.problems.multicategorical import MultiCategorical
 from bench.runner import run_cell
 from bench.sweep import default_config
 from tests.conftest import make

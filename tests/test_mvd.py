@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import math
 
-import bench.estimators.mvd as mvd
 import numpy as np
 import pytest
 import torch
-from bench.estimators.mvd import double_sided_maxwell, rayleigh
-from bench.problems.gaussian import Gaussian
 from scipy import integrate, stats
 
+import bench.estimators.mvd as mvd
 from bench.errors import ConfigError
+from bench.estimators.mvd import double_sided_maxwell, rayleigh
+from bench.problems.gaussian import Gaussian
 from bench.runner import run_cell
 from tests.conftest import make
 

@@ -228,7 +228,10 @@ def test_run_validates_like_the_sweep():
         bench.run(problem="bernoulli", estimator="rloo", n_estimate=10)
     with pytest.raises(ConfigError, match=r"unknown estimator 'rlo'; valid choices: .*rloo"):
         bench.run(problem="bernoulli", estimator="rlo")
-    with pytest.raises(ConfigError, match=r"problem.costs: has 4 values but problem.theta has 3; the lists must have the same length"):  # before any work
+    with pytest.raises(
+        ConfigError,
+        match=r"problem.costs: has 4 values but problem.theta has 3; the lists must have the same length",
+    ):  # before any work
         bench.run(
             problem=["bernoulli", "categorical"], estimator="rloo", **{"problem.theta": [[0.1, 0.2, 0.3]]}
         )
@@ -276,3 +279,29 @@ def test_plugin_discovery_costs_under_a_third_of_a_second():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert float(run.stdout) < 0.3
+
+
+def test_a_fingerprint_covers_the_modules_of_its_own_package_it_uses(tmp_path: Path, monkeypatch):
+    from bench.component import code_fingerprint, source_digest
+
+    package = tmp_path / "labpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helpers.py").write_text("WEIGHT = 1.0\n")
+    (package / "unrelated.py").write_text("X = 1\n")
+    (package / "est.py").write_text(
+        "from bench import Estimator\nfrom labpkg import helpers\n\n\nclass Weighted(Estimator):\n"
+        '    """ĝ = a test: no name, so not registered."""\n'
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import labpkg.est
+
+    def fingerprint() -> str:
+        source_digest.cache_clear()
+        return code_fingerprint(labpkg.est.Weighted)
+
+    first = fingerprint()
+    (package / "unrelated.py").write_text("X = 2\n")
+    assert fingerprint() == first  # a module it does not use
+    (package / "helpers.py").write_text("WEIGHT = 2.0\n")
+    assert fingerprint() != first  # a module of its own package that it uses

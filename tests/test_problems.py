@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from bench.problems.bernoulli import Bernoulli
-from bench.problems.categorical import Categorical
-from bench.problems.gaussian import COSTS, Gaussian
 from scipy import integrate
 
 from bench.errors import ConfigError
+from bench.problems.bernoulli import Bernoulli
+from bench.problems.categorical import Categorical
+from bench.problems.gaussian import COSTS, Gaussian
 
 
 def enumerated_gradient(problem, outcomes: torch.Tensor) -> torch.Tensor:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from bench.estimators.rao_blackwell_st import RaoBlackwellStraightThrough
 from bench.problems.bernoulli import Bernoulli
 from bench.problems.categorical import Categorical
-
 from tests.conftest import make
 from tests.test_categorical_estimators import ALPHA, critical_value, fixed_noise, gumbel, softmax_jacobian
 

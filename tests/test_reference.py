@@ -20,14 +20,15 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from bench.estimators.base import Estimator, detached, score_function_surrogate
-from bench.problems.bernoulli import Bernoulli
-from bench.problems.categorical import Categorical
-from bench.problems.vae import VAEBernoulli, mlp
 
 from bench import reference, settings
 from bench.errors import ConfigError
+from bench.estimators.base import Estimator, detached, score_function_surrogate
 from bench.output import conformance
+from bench.problems.bernoulli import Bernoulli
+from bench.problems.categorical import Categorical
+from bench.problems.vae_bernoulli import VAEBernoulli
+from bench.problems.vae_nets import mlp
 from bench.runner import param_names, run_cell
 from bench.stats import empty_moments, fold, summarize
 from bench.sweep import JobSpec, cell_settings

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from bench.estimators.base import Estimator, detached
 from bench.estimators.reinmax import softmax_jacobian_term
 from bench.problems.bernoulli import Bernoulli
 from bench.problems.categorical import Categorical
 from bench.problems.multicategorical import MultiCategorical
-
 from bench.runner import run_cell
 from tests.conftest import make
 from tests.test_categorical_estimators import ALPHA, fixed_noise, gumbel, onehot_noise, softmax_jacobian

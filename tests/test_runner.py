@@ -12,10 +12,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-from bench.estimators.base import Estimator
-from bench.problems.bernoulli import Bernoulli
 
+from bench.estimators.base import Estimator
 from bench.output import merge, run_metadata, write_cell
+from bench.problems.bernoulli import Bernoulli
 from bench.runner import auto_batch_size, param_names, run_cell
 from tests.conftest import make
 

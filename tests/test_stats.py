@@ -310,7 +310,6 @@ def test_declared_unbiased_estimators_pass_in_float32_at_saturated_logits(theta,
     # cannot produce the rarer outcomes, so every estimate misses their share of the gradient; the
     # rounding floor (bench.stats.rounding_floor) must absorb exactly that.
     from bench.problems.bernoulli import Bernoulli
-
     from bench.runner import run_cell
     from tests.conftest import make
 
@@ -324,7 +323,6 @@ def test_a_biased_estimator_is_still_caught_in_float32_near_saturation():
     # The same α = 1e-3 check rejects a half-gradient estimator where the gradient is small (θ = ±6)
     # but representable, and Gumbel-softmax at the saturated point.
     from bench.problems.bernoulli import Bernoulli
-
     from bench.runner import run_cell
     from tests.conftest import make
     from tests.test_conformance import HalfBaseline

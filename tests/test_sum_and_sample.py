@@ -13,8 +13,8 @@ import math
 
 import pytest
 import torch
-from bench.problems.categorical import Categorical
 
+from bench.problems.categorical import Categorical
 from bench.runner import run_cell
 from tests.conftest import make
 from tests.test_categorical_estimators import (

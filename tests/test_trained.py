@@ -18,14 +18,14 @@ import math
 import numpy as np
 import pytest
 import torch
+
+from bench.errors import ConfigError
 from bench.estimators.base import detached, per_estimate_gradients, score_function_surrogate
 from bench.estimators.double_cv import DoubleCV
 from bench.estimators.rebar import Rebar, rebar_surrogate
 from bench.estimators.relax import Relax, control_variate
 from bench.problems.bernoulli import Bernoulli
 from bench.problems.categorical import Categorical
-
-from bench.errors import ConfigError
 from bench.runner import run_cell
 from tests.conftest import make
 

@@ -13,9 +13,9 @@ import math
 
 import pytest
 import torch
+
 from bench.estimators.unordered_set import UnorderedSet, log_set_probabilities
 from bench.problems.categorical import Categorical
-
 from bench.runner import run_cell
 from tests.conftest import make
 from tests.test_categorical_estimators import (

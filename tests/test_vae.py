@@ -15,13 +15,15 @@ import time
 import numpy as np
 import pytest
 import torch
-from bench.problems import REGISTRY
-from bench.problems.base import Params
-from bench.problems.vae import VAEBernoulli, VAEGaussian, load_binarized_digits, mlp
-from bench.problems.vae_categorical import VAECategorical
 
 from bench import estimators
 from bench.errors import ConfigError
+from bench.problems import REGISTRY
+from bench.problems.base import Params
+from bench.problems.vae_bernoulli import VAEBernoulli
+from bench.problems.vae_categorical import VAECategorical
+from bench.problems.vae_gaussian import VAEGaussian
+from bench.problems.vae_nets import load_binarized_digits, mlp
 from bench.sweep import default_config
 from tests.conftest import make
 

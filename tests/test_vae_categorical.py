@@ -20,12 +20,12 @@ import time
 
 import pytest
 import torch
-from bench.problems.base import Params
-from bench.problems.vae import VAEBernoulli
-from bench.problems.vae_categorical import VAECategorical, all_one_hot_codes
 
 from bench import estimators
 from bench.errors import ConfigError
+from bench.problems.base import Params
+from bench.problems.vae_bernoulli import VAEBernoulli
+from bench.problems.vae_categorical import VAECategorical, all_one_hot_codes
 from bench.runner import run_cell
 from tests.conftest import make
 from tests.test_vae import assert_same_gradient, gradient_of  # the VAE families' shared checks

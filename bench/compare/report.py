@@ -26,6 +26,7 @@ from bench.compare.common import (
     text,
 )
 from bench.compare.reading import Sweep
+from bench.compare.throughput import MIN_CORE_SHARE
 
 MAX_UNMATCHED_LISTED = 10
 VERDICT_WORDS = {
@@ -224,7 +225,7 @@ def throughput_lines(info: dict[str, Any], options: Options) -> list[str]:
         f"regression); {test}; z = log(ratio) / sqrt(se_base² + se_new² + τ²), τ={options.noise_floor:g}",
         "       load/threads/held: the 1-minute load average at the cell's start, torch threads, and cores "
         "held while timed, base→new; a drop timed on a busy machine (load above cores + 0.5, or under "
-        "80% of a core held) is reported, not counted"
+        f"{MIN_CORE_SHARE:.0%} of a core held) is reported, not counted"
         + (" (--count-busy: counted)" if options.count_busy else ""),
     ]
 

@@ -20,8 +20,11 @@ for a sweep pair is at most α, whatever the dependence between cells. Noisier b
 make a flag harder: noise makes the test lenient, not flaky.
 
 A pair timed on a busy machine (1-minute load average above the sweep's usable cores + 0.5,
-bench.summary's rule, or, on the CPU, under 0.8 of a core held while timed) is still judged, but
-its drop is reported as ``busy`` and does not set the exit status unless ``--count-busy``.
+bench.summary's rule, or, on the CPU, under 0.9 of a core held while timed) is still judged, but
+its drop is reported as ``busy`` and does not set the exit status unless ``--count-busy``. A cell
+that waited for a core a tenth of its timed part is about a tenth slower for that alone: with more
+waiting allowed (0.8 before), time-slicing by one neighbour process could fake a drop near the 15%
+floor (measured: 0.84 of a core held, 17% slower, identical code).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from bench.compare.reading import Sweep
 MIN_BATCHES = 3  # a batch-to-batch spread needs a few batches
 MIN_REFERENCE = 3  # long quiet cells needed for the machine factor; else every quiet cell
 BUSY_MARGIN = 0.5  # load above usable cores + this is a busy machine (bench.summary's rule)
-MIN_CORE_SHARE = 0.8  # a CPU cell that held less of a core than this while timed waited for one
+MIN_CORE_SHARE = 0.9  # a CPU cell that held less of a core than this while timed waited for one
 
 
 def throughput(row: dict[str, Any]) -> float:
@@ -61,7 +64,7 @@ def timing_trouble(row: dict[str, Any], cores: int) -> str | None:
     """Why a cell's throughput was measured on a busy machine, or None.
 
     Busy: the 1-minute load average at the cell's start was above the sweep's usable cores + 0.5,
-    or, on the CPU, the process held less than 0.8 of a core on average while it was timed (it
+    or, on the CPU, the process held less than 0.9 of a core on average while it was timed (it
     waited for a core: the load average is a lagging 1-minute mean and misses bursts, CPU time
     does not).
     """

@@ -27,6 +27,7 @@ from bench.sweep import (
     GridRules,
     check_sweep_settings,
     check_writable,
+    chunk_overrides,
     chunks,
     default_grid,
     describe_plan,
@@ -98,6 +99,7 @@ class BenchSweeper(BasicSweeper):
                 cluster = Cluster(self.launcher, out)
             except ConfigError as error:
                 print(f"bench: error: {error}", file=sys.stderr)
+                remove_empty(created)
                 sys.exit(EXIT_USAGE)
         OmegaConf.save(self.config, scratch(out) / "multirun.yaml")
 
@@ -132,7 +134,7 @@ class BenchSweeper(BasicSweeper):
                 else:
                     parts = [[index] for index in indices]
                 plan_path = write_plan(grid, out, parts)
-                jobs = [[f"+bench_plan='{plan_path}'", f"+bench_chunk={i}"] for i in range(len(parts))]
+                jobs = [chunk_overrides(plan_path, i, out) for i in range(len(parts))]
                 return self.launcher.launch(jobs, initial_job_idx=0)
 
         status = execute(grid, out, self.config, launch, self.max_batch_size)

@@ -6,6 +6,9 @@ default settings. Not part of the test run (half an hour or more on 2 cores); ru
     python -m tests.perf.compare_false_alarms --pairs 20 --mode busy --out results/compare-fa
     python -m tests.perf.compare_false_alarms --mode idle --out results/compare-fa --recompare
 
+Every sweep runs a copy of the source tree taken at the start (OUT/code), so the code stays the
+same through the measurement even while the checkout is edited (``--no-snapshot``: the checkout).
+
 Each *run* is one sweep directory holding two grids, merged into one cells.parquet:
 - SHORT, the toy grid at the default n_estimates (24 cells timed a few milliseconds each: always
   "too short to judge");
@@ -31,6 +34,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -89,10 +93,28 @@ def write_plant(directory: Path, extra: float, name: str = PLANT_NAME) -> Path:
     return path
 
 
+# Where the sweeps run: a frozen copy of the source tree (``snapshot``), so that every sweep of a
+# measurement runs the same code even while the checkout is being edited.
+CODE = {"root": ROOT}
+
+
+def snapshot(out: Path) -> Path:
+    """Copies bench's source (bench/, estimators/, problems/, conf/, hydra_plugins/) to OUT/code
+    and runs every later sweep there (``python -m bench`` from that directory imports that copy)."""
+    code = out / "code"
+    shutil.rmtree(code, ignore_errors=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("bench", "estimators", "problems", "conf", "hydra_plugins"):
+        shutil.copytree(ROOT / name, code / name, ignore=ignore)
+    shutil.copy2(ROOT / "pyproject.toml", code / "pyproject.toml")
+    CODE["root"] = code
+    return code
+
+
 def bench(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "bench", *map(str, args)],
-        cwd=ROOT,
+        cwd=CODE["root"],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -107,7 +129,7 @@ def merge(out: Path, plugin: Path) -> None:
         "merge(Path(sys.argv[1]), run_metadata(None))"
     )
     run = subprocess.run(
-        [sys.executable, "-c", code, str(out), str(plugin)], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-c", code, str(out), str(plugin)], cwd=CODE["root"], capture_output=True, text=True
     )
     if run.returncode:
         raise RuntimeError(f"merging {out} failed:\n{run.stderr[-3000:]}")
@@ -180,9 +202,19 @@ def load() -> float:
     return os.getloadavg()[0]
 
 
-def one_pair(index: int, mode: str, out: Path, plugins: dict[str, Path]) -> dict[str, Any]:
+def wait_for_quiet(limit: float, most: float = 1800.0) -> float:
+    """Waits (at most ``most`` seconds) until the 1-minute load average is below ``limit``; the
+    seconds waited."""
+    tic = time.perf_counter()
+    while load() >= limit and time.perf_counter() - tic < most:
+        time.sleep(15)
+    return time.perf_counter() - tic
+
+
+def one_pair(index: int, mode: str, out: Path, plugins: dict[str, Path], quiet: float) -> dict[str, Any]:
     folder = out / f"{mode}-{index:02d}"
-    record: dict[str, Any] = {"pair": index, "mode": mode, "load_before": load()}
+    waited = wait_for_quiet(quiet) if quiet else 0.0
+    record: dict[str, Any] = {"pair": index, "mode": mode, "waited": waited, "load_before": load()}
     with BusyLoops(2 if mode == "busy" else 0):
         a = sweep(folder / "a", plugins["fast"])
         b = sweep(folder / "b", plugins["fast"])
@@ -274,8 +306,21 @@ def main(argv: list[str] | None = None) -> int:
     parse.add_argument(
         "--recompare", action="store_true", help="compare the sweeps kept in OUT again; run no sweep"
     )
+    parse.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="LOAD",
+        help="before each pair, wait (up to 30 min) until the 1-minute load average is below LOAD",
+    )
+    parse.add_argument(
+        "--no-snapshot", dest="snapshot", action="store_false", help="run the checkout itself, not a copy"
+    )
     args = parse.parse_args(argv)
+    args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.snapshot:
+        snapshot(args.out)
     if args.recompare:
         result = summary(recompare(args.out, args.mode), args.mode)
         print(json.dumps(result, indent=1))
@@ -285,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     log = args.out / f"{args.mode}.jsonl"
     for index in range(args.pairs):
         tic = time.perf_counter()
-        record = one_pair(index, args.mode, args.out, plugins)
+        record = one_pair(index, args.mode, args.out, plugins, args.wait_quiet)
         records.append(record)
         with log.open("a") as stream:
             stream.write(json.dumps(record) + "\n")

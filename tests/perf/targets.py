@@ -29,9 +29,9 @@ from torch import Tensor
 from torch.func import grad, vmap
 
 from bench.output import cpu_model
+from bench.problems.base import Params, Problem
 from bench.runner import auto_batch_size, flatten
 from bench.sweep import build, default_config
-from bench.problems.base import Params, Problem
 
 DTYPE = torch.float32
 Kernel = Callable[[], Tensor]
