@@ -4,10 +4,11 @@ pair it shares with DisARM (``estimators.disarm``)."""
 from __future__ import annotations
 
 import torch
-from bench.estimators.base import Estimator, detached
-from bench.problems.base import Params, Problem
 from torch import Tensor
 from torch.func import vjp, vmap
+
+from bench.estimators.base import Estimator, detached
+from bench.problems.base import Params, Problem
 
 
 def antithetic_pair(problem: Problem, params: Params, u: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:

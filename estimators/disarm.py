@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-from bench.estimators.arm import AntitheticBinary, lift
 from torch import Tensor
+
+from bench.estimators.arm import AntitheticBinary, lift
 
 
 class DisARM(AntitheticBinary):

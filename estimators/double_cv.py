@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import Tensor
+from torch.func import grad
+
 from bench.estimators.base import (
     Estimator,
     FitReport,
@@ -15,8 +18,6 @@ from bench.estimators.base import (
 )
 from bench.estimators.rebar import fit_state, score_term, warm_problem_caches
 from bench.problems.base import Params, Problem
-from torch import Tensor
-from torch.func import grad
 
 
 def double_cv_surrogate(problem: Problem, params: Params, noise: Tensor, alpha: Tensor) -> Tensor:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from torch import Tensor
+
 from bench.estimators.base import Estimator
 from bench.problems.base import Params, Problem
-from torch import Tensor
 
 
 def uses_closed_form(estimator: Estimator, problem: Problem, owner: type[Estimator]) -> bool:

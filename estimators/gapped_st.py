@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import Tensor
+
 from bench.estimators.base import Estimator, detached, positive_float, temperature_value
 from bench.estimators.reinmax import straight_through_reason
 from bench.problems.base import Params, Problem
-from torch import Tensor
 
 
 def gapped_logits(logits: Tensor, hard: Tensor, gap: float) -> Tensor:

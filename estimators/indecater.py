@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 import torch
-from bench.estimators.base import Estimator, detached
-from bench.problems.base import Params, Problem
 from torch import Tensor
 from torch.func import grad, vmap
+
+from bench.estimators.base import Estimator, detached
+from bench.problems.base import Params, Problem
 
 # Estimators whose working set per estimate is far above what the runner budgets for (it sizes
 # batches from the problem's memory_per_sample × n_samples) vmap their batch in chunks whose

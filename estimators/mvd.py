@@ -7,12 +7,12 @@ import math
 from typing import Any
 
 import torch
-from bench.estimators.base import Estimator, Noise, detached
-from bench.problems.base import Params, Problem, open_uniform
 from torch import Tensor
 from torch.func import grad, vmap
 
 from bench.errors import ConfigError
+from bench.estimators.base import Estimator, Noise, detached
+from bench.problems.base import Params, Problem, open_uniform
 
 SQRT_2PI = math.sqrt(2.0 * math.pi)
 BLOCKS = 4  # perturbed inputs per coordinate and draw: mean +, mean −, scale +, scale −

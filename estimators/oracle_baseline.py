@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from bench.estimators.base import Estimator, FitReport, NoiseSource, detached
-from bench.problems.base import Params, Problem
 from torch import Tensor
 from torch.func import grad, jacrev, vmap
+
+from bench.estimators.base import Estimator, FitReport, NoiseSource, detached
+from bench.problems.base import Params, Problem
 
 
 def optimal_baselines(problem: Problem, params: Params) -> Params:

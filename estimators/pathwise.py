@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from torch import Tensor
+
 from bench.estimators.base import Estimator
 from bench.problems.base import Params, Problem
-from torch import Tensor
 
 
 class Pathwise(Estimator):

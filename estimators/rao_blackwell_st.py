@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import Tensor
+
 from bench.estimators.base import Estimator, Noise, detached, positive_int, temperature_value
 from bench.estimators.reinmax import straight_through_reason
 from bench.problems.base import Params, Problem, open_uniform
-from torch import Tensor
 
 
 class RaoBlackwellStraightThrough(Estimator):

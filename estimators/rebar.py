@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from torch import Tensor
+
 from bench.estimators.base import (
     Estimator,
     FitReport,
@@ -27,7 +29,6 @@ from bench.estimators.base import (
     temperature_value,
 )
 from bench.problems.base import Params, Problem, open_uniform
-from torch import Tensor
 
 LATENT_FLAGS = ("binary_latent", "categorical_latent")
 # The fit stage's batch (estimates per Adam step): 64, fewer at large n_samples so that a step sees

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from torch import Tensor
+
 from bench.estimators.base import Estimator, detached, score_function_surrogate
 from bench.estimators.fast import mean_weighted_score, uses_closed_form
 from bench.problems.base import Params, Problem
-from torch import Tensor
 
 
 class Reinforce(Estimator):

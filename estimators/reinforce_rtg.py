@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
+from torch import Tensor
+
 from bench.estimators.base import Estimator, detached
 from bench.estimators.fast import mean_weighted_step_score, uses_closed_form
 from bench.problems.base import Params, Problem
-from torch import Tensor
 
 
 def reward_to_go(step_rewards: Tensor) -> Tensor:

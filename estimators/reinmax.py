@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from bench.estimators.base import Estimator, detached, temperature_value
-from bench.problems.base import Params, Problem
 from torch import Tensor
 
 from bench.errors import ConfigError
+from bench.estimators.base import Estimator, detached, temperature_value
+from bench.problems.base import Params, Problem
 
 
 def straight_through_reason(name: str, problem: Problem) -> str | None:

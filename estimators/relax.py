@@ -6,6 +6,8 @@ import math
 from typing import Any
 
 import torch
+from torch import Tensor
+
 from bench.estimators.base import (
     FitReport,
     Noise,
@@ -23,7 +25,6 @@ from bench.estimators.rebar import (
     warm_problem_caches,
 )
 from bench.problems.base import Params, Problem
-from torch import Tensor
 
 INIT_SEED = (
     0  # the control variate's first layer is drawn from this fixed seed (training is seeded by the noise)

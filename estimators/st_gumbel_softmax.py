@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import Tensor
+
 from bench.estimators.base import Estimator, detached, temperature_value
 from bench.problems.base import Params, Problem
-from torch import Tensor
 
 
 class StraightThroughGumbelSoftmax(Estimator):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
+
 from bench.estimators.base import Estimator
 from bench.estimators.unordered_set import categorical_parts, single_categorical_reason
 from bench.problems.base import Params, Problem
-from torch import Tensor
 
 
 class SumAndSample(Estimator):

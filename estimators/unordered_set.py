@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
+
 from bench.estimators.base import Estimator, detached
 from bench.estimators.indecater import estimates_in_chunks, event_shape
 from bench.problems.base import Params, Problem
-from torch import Tensor
 
 # Quadrature for the set probabilities (``log_set_probabilities``): the trapezoid rule in y = log x on
 # [Y_LOW, log(2m + 60)] with step Y_STEP. Against the exact sum over orderings (tests) its error in
