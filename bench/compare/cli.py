@@ -72,8 +72,9 @@ def add_throughput_options(parse: argparse.ArgumentParser) -> None:
         type=fraction("--noise-floor", None),
         default=d.noise_floor,
         metavar="TAU",
-        help=f"run-to-run sd of log throughput between identical sweeps, beyond the batch-to-batch spread "
-        f"(default {d.noise_floor:g}, measured on a 2-core machine: docs/compare.md)",
+        help="run-to-run sd of log(new/base throughput) between identical sweeps, beyond the batches' "
+        f"spread, for cells timed 1 s (it shrinks as 1/sqrt(timed seconds); default {d.noise_floor:g}, "
+        "measured on a 2-core machine: docs/compare.md)",
     )
     parse.add_argument(
         "--control",

@@ -29,7 +29,7 @@ class Options:
     throughput: bool = True
     strict: bool = False
     min_timed_seconds: float = 0.5
-    noise_floor: float = 0.05
+    noise_floor: float = 0.065  # τ: run-to-run sd of log(new/base) at 1 s timed (docs/compare.md)
 
 
 @dataclass

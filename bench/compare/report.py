@@ -222,7 +222,8 @@ def throughput_lines(info: dict[str, Any], options: Options) -> list[str]:
         f"{busy}",
         f"       judged: {info['judged']} pair(s) timed ≥ {options.min_timed_seconds:g} s over ≥ "
         f"{info['min_batches']} batches in both; {info['too_short']} too short to judge ('short': never a "
-        f"regression); {test}; z = log(ratio) / sqrt(se_base² + se_new² + τ²), τ={options.noise_floor:g}",
+        f"regression); {test}; z = log(ratio) / sqrt(se_base² + se_new² + τ²·(1/T_base + 1/T_new)/2), "
+        f"τ={options.noise_floor:g}, T the timed seconds",
         "       load/threads/held: the 1-minute load average at the cell's start, torch threads, and cores "
         "held while timed, base→new; a drop timed on a busy machine (load above cores + 0.5, or under "
         f"{MIN_CORE_SHARE:.0%} of a core held) is reported, not counted"

@@ -9,12 +9,13 @@ A pair is *judged* only when both cells were timed for at least ``--min-timed-se
 to judge" and are never a regression (a cell of a few milliseconds varies by tens of percent
 between identical runs).
 
-For a judged pair, z = (log r − log m) / sqrt(se_base² + se_new² + τ²), with se = batch_log_sd /
-sqrt(timed_batches) (the standard error of the cell's log throughput from its batch-to-batch
-spread) and τ = ``--noise-floor``, the run-to-run spread of log r between identical sweeps that
-the batches do not show (measured: docs/compare.md); with a control cell its own se² and τ² are
-added. A *regression* when z < −Φ⁻¹(1 − α/m) over the m judged pairs (one-sided, Bonferroni) and
-r/m < 1 − ``--throughput-tolerance`` (default 0.15: a practical floor). If log r − log m of
+For a judged pair, z = (log r − log m) / sqrt(se_base² + se_new² + τ²·(1/T_base + 1/T_new)/2),
+with se = batch_log_sd / sqrt(timed_batches) (the standard error of the cell's log throughput from
+its batch-to-batch spread), T the timed seconds and τ = ``--noise-floor``: the run-to-run spread of
+log r between identical sweeps that the batches do not show, for cells timed 1 s (it shrinks as
+1/sqrt(T): measured, docs/compare.md); with a control cell the control's own variance is added.
+A *regression* when z < −Φ⁻¹(1 − α/m) over the m judged pairs (one-sided, Bonferroni) and r/m <
+1 − ``--throughput-tolerance`` (default 0.15: a practical floor). If log r − log m of
 unchanged code is normal with that variance, the chance that any throughput regression is reported
 for a sweep pair is at most α, whatever the dependence between cells. Noisier batches widen se and
 make a flag harder: noise makes the test lenient, not flaky.
@@ -97,6 +98,14 @@ def too_short(row: dict[str, Any], min_seconds: float) -> str | None:
 def log_se(row: dict[str, Any]) -> float:
     """The standard error of a cell's log throughput from its batch-to-batch spread."""
     return number(row.get("batch_log_sd")) / math.sqrt(number(row.get("timed_batches")))
+
+
+def noise_variance(pair: Pair, noise_floor: float) -> float:
+    """The variance of log(new/base throughput) of unchanged code: both cells' batch variances
+    plus the run-to-run part, τ² for cells timed 1 s, shrinking as 1/(timed seconds):
+    se_base² + se_new² + τ²·(1/T_base + 1/T_new)/2."""
+    run_to_run = noise_floor**2 * (1 / timed_seconds(pair.base) + 1 / timed_seconds(pair.new)) / 2
+    return log_se(pair.base) ** 2 + log_se(pair.new) ** 2 + run_to_run
 
 
 @dataclass
@@ -184,7 +193,7 @@ def control_reference(usable: Sequence[Pair], base: Sweep, new: Sweep, options: 
             f"{options.min_timed_seconds:g} s and {MIN_BATCHES} batches timed in both sweeps "
             "(or --control median, the default)"
         )
-    variance = log_se(control.base) ** 2 + log_se(control.new) ** 2 + options.noise_floor**2
+    variance = noise_variance(control, options.noise_floor)
     trouble = [
         f"control {label}: {why}"
         for label, row, sweep in (("baseline", control.base, base), ("new", control.new, new))
@@ -230,9 +239,7 @@ def busy_reasons(pair: Pair, reference: Reference, base: Sweep, new: Sweep) -> s
 def judge(pair: Pair, reference: Reference, z_crit: float, options: Options) -> None:
     """The z of a judged pair and its finding: a regression needs both the z beyond −z_crit and
     the normalized ratio below the practical floor; an improvement the mirror image."""
-    sd = math.sqrt(
-        log_se(pair.base) ** 2 + log_se(pair.new) ** 2 + options.noise_floor**2 + reference.variance
-    )
+    sd = math.sqrt(noise_variance(pair, options.noise_floor) + reference.variance)
     z = (log_ratio(pair) - reference.log_factor) / sd if sd > 0 else math.nan
     pair.data.update(throughput_judged=True, throughput_z=z, throughput_log_sd=sd)
     normalized, floor = pair.data["throughput_ratio"], 1 - options.throughput_tolerance
