@@ -12,19 +12,17 @@ work on cells timed long enough to judge, matched by config (the code fingerprin
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from bench import compare
 from tests.perf.compare_false_alarms import write_plant
+from tests.test_compare import edited, row  # the same table surgery as the other compare tests
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID = ["problem=bernoulli,categorical", "estimator=reinforce,rloo", "plots=false"]
@@ -59,26 +57,6 @@ def sweep(out: Path, *args: str) -> Path:
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """8 cells of a few milliseconds: bernoulli and categorical × reinforce and rloo × n_samples 2, 4."""
     return sweep(tmp_path_factory.mktemp("throughput") / "tiny", *GRID, "n_samples=2,4", "n_estimates=2000")
-
-
-def edited(source: Path, target: Path, edit: Callable[[pd.DataFrame], None]) -> Path:
-    """A copy of the sweep ``source`` whose cells.parquet was changed by ``edit`` (in place)."""
-    shutil.copytree(source, target)
-    path = target / "cells.parquet"
-    table = pq.read_table(path)
-    cells = table.to_pandas()
-    edit(cells)
-    rebuilt = pa.Table.from_pandas(cells, preserve_index=False)
-    pq.write_table(rebuilt.replace_schema_metadata(table.schema.metadata), path)
-    return target
-
-
-def row(cells: pd.DataFrame, problem: str, estimator: str, n_samples: int) -> int:
-    found = cells.index[
-        (cells["problem"] == problem) & (cells["estimator"] == estimator) & (cells["n_samples"] == n_samples)
-    ]
-    assert len(found) == 1
-    return found[0]
 
 
 def set_timing(cells: pd.DataFrame, index, seconds: float, batches: int = 10, spread: float = 0.05) -> None:
