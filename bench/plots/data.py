@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.summary import rounding_variance  # the summary's own scale of 'variance 0'
+
 from .style import estimator_colour, tau_markers
 
 BLOCKS = ("unbiased", "failed", "biased")
@@ -32,7 +34,6 @@ NUMERIC = [
     "variance_ci_high", "work_variance", "work_variance_ci_low", "work_variance_ci_high", "bias_norm",
     "bias_resolution",
 ]  # fmt: skip
-EPSILON = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23, "float64": 2.0**-52}
 
 
 def format_value(value: Any) -> str:
@@ -56,16 +57,6 @@ def config_labels(frame: pd.DataFrame, name_column: str, columns: Sequence[str])
             values = group[column].map(lambda v, k=key: "" if pd.isna(v) else f" {k}={format_value(v)}")
             labels.loc[group.index] = labels.loc[group.index] + values
     return labels
-
-
-def rounding_variance(exact_norm: pd.Series, dtype: pd.Series) -> np.ndarray:
-    """The variance a deterministic estimator can show from rounding alone: (RESOLUTION_ULPS · eps ·
-    ‖∇E[f]‖)², the scale below which bench.stats treats differences as rounding (``rounding_floor``).
-    A measured variance at or below it is drawn as variance 0."""
-    from bench.stats import RESOLUTION_ULPS
-
-    eps = dtype.astype(object).map(lambda d: EPSILON.get(str(d), EPSILON["float32"])).to_numpy(float)
-    return (RESOLUTION_ULPS * eps * exact_norm.fillna(0.0).to_numpy(float)) ** 2
 
 
 def detection_quantile(alpha: float, n_params: pd.Series) -> np.ndarray:
