@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 USAGE = """bench sweep [KEY=VALUE ...]              run a grid (bench sweep --help lists the keys)
+       bench train [KEY=VALUE ...]             learning curves per estimator (bench train --help)
        bench list [plugins=A,B]                problems and estimators: keys, defaults, which pairs apply
        bench plot RESULTS_DIR                  redraw the plots from a sweep's tables
        bench compare BASELINE_DIR NEW_DIR      compare two sweeps cell by cell (exit 5 on a regression)"""
@@ -131,7 +132,7 @@ def plot(directory: Path) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="bench", usage=USAGE)
-    parser.add_argument("command", choices=["sweep", "list", "plot", "compare"])
+    parser.add_argument("command", choices=["sweep", "train", "list", "plot", "compare"])
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         sys.exit(0 if argv else 2)
@@ -140,6 +141,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         from bench.sweep import main as sweep_main
 
         sweep_main(rest)
+        return
+    if command == "train":
+        from bench.training.command import main as train_main
+
+        train_main(rest)
         return
     if command == "list":
         from bench.plugins import split_specs

@@ -66,6 +66,22 @@ class JobSpec:
         )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Kind:
+    """What a plan's jobs are: sweep cells (the default) or ``bench train``'s runs. ``settings``
+    validates a job's global keys and writes integers back into its config; ``check`` validates the
+    command-wide keys; ``identify`` gives a job's id (cell or run); ``reference``: whether the job
+    needs an estimated reference gradient where the problem has no exact one."""
+
+    settings: Callable[[dict[str, Any]], dict[str, Any]]
+    check: Callable[[Any], None]
+    identify: Callable[[JobSpec], str]
+    reference: bool = True
+
+
+SWEEP = Kind(settings=normalize, check=check_sweep_settings, identify=JobSpec.cell)
+
+
 @dataclass
 class Plan:
     jobs: list[list[str]] = field(default_factory=list)  # normalized override lists, one per cell
@@ -139,6 +155,7 @@ def plan(
     base: DictConfig,
     user_keys: Iterable[str] = (),
     rules: GridRules | None = None,
+    kind: Kind = SWEEP,
 ) -> Plan:
     """Normalize, validate and de-duplicate the expanded grid; raise ConfigError before any work.
 
@@ -199,13 +216,13 @@ def plan(
         if rules.excludes(names, container["n_samples"]):
             continue
         spec = JobSpec(
-            names=names, configs={g: container[g] for g in GROUPS}, settings=normalize(container),
+            names=names, configs={g: container[g] for g in GROUPS}, settings=kind.settings(container),
             container=container,
         )  # fmt: skip
-        cell = spec.cell()
+        cell = kind.identify(spec)
         if cell not in specs:
             specs[cell] = (kept, spec)
-        check_sweep_settings(container)
+        kind.check(container)
     unused = [key for key, count in used.items() if count == 0 and key in set(user_keys)]
     if unused:
         raise unknown_key_error(unused[0], [spec for _job, spec in specs.values()])
@@ -214,7 +231,7 @@ def plan(
     for cell, (job, spec) in specs.items():
         result.jobs.append(job)
         result.cells.append(cell)
-        result.skipped.append(why_skip(spec, built))
+        result.skipped.append(why_skip(spec, built, reference=kind.reference))
         result.labels.append(f"{spec.names['problem']} × {spec.names['estimator']}")
         result.specs.append(spec)
     if all(reason is not None for reason in result.skipped):
@@ -280,7 +297,7 @@ def unknown_key_error(key: str, specs: Iterable[JobSpec]) -> ConfigError:
     return ConfigError(key, f"unknown key: no {group} in this sweep has it. Valid keys: {listing}")
 
 
-def why_skip(spec: JobSpec, built: dict[str, Any]) -> str | None:
+def why_skip(spec: JobSpec, built: dict[str, Any], reference: bool = True) -> str | None:
     """Validate a job's values (raising ConfigError) and say why its cell would be skipped."""
     objects = {}
     for group in GROUPS:
@@ -289,7 +306,8 @@ def why_skip(spec: JobSpec, built: dict[str, Any]) -> str | None:
             built[key] = build(group, spec.names[group], spec.configs[group])
         objects[group] = built[key]
     estimator: Estimator = objects["estimator"]
-    check_applies(objects["problem"], spec.settings.get("reference_gradient"))  # its reference can run
+    if reference:
+        check_applies(objects["problem"], spec.settings.get("reference_gradient"))  # its reference can run
     return estimator.why_not(objects["problem"], spec.settings["n_samples"])
 
 

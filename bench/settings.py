@@ -219,3 +219,61 @@ def check_sweep_settings(cfg: Any) -> None:
     parse_duration(cfg["time_limit"])
     for key in ("resume", "plots", "dry_run"):
         parse_bool(key, cfg[key])
+
+
+# --- bench train ------------------------------------------------------------------------------------
+OPTIMIZERS = ("adam", "sgd")
+TRAIN_INTEGER_KEYS = ("n_samples", "seed", "steps", "eval_every", "eval_estimates", "eval_samples")
+
+
+def parse_lr(value: Any) -> float:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_number or not (math.isfinite(value) and value > 0):
+        raise ConfigError("lr", f"expected a positive number, got {value!r}")
+    return float(value)
+
+
+def parse_basket(value: Any) -> list[str]:
+    """``basket``: estimator names (a list, or one name; empty: none), each a registered estimator."""
+    if value is None or value in ("", "none", "null"):
+        return []
+    names = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
+    if names is None or not all(isinstance(name, str) for name in names):
+        example = "basket=[rloo,disarm]"
+        raise ConfigError("basket", f"expected a list of estimator names, e.g. {example}, got {value!r}")
+    from bench.registry import group_options
+
+    choices = group_options("estimator")
+    for name in names:
+        if name not in choices:
+            raise unknown_name("basket", name, choices)
+    return list(dict.fromkeys(names))
+
+
+def train_settings(cfg: Any) -> dict[str, Any]:
+    """The settings of one training run (a DictConfig or a plain dict), validated, integers as integers."""
+    optimizer = cfg["optimizer"]
+    if optimizer not in OPTIMIZERS:
+        raise unknown_name("optimizer", str(optimizer), list(OPTIMIZERS))
+    resolve_dtype(cfg["dtype"])
+    resolve_device(str(cfg["device"]))
+    return {
+        "n_samples": as_integer("n_samples", cfg["n_samples"], 1),
+        "seed": as_integer("seed", cfg["seed"], 0),
+        "dtype": cfg["dtype"],
+        "steps": as_integer("steps", cfg["steps"], 1),
+        "eval_every": as_integer("eval_every", cfg["eval_every"], 1),
+        "optimizer": optimizer,
+        "lr": parse_lr(cfg["lr"]),
+        "basket": parse_basket(cfg["basket"]),
+        "eval_estimates": as_integer("eval_estimates", cfg["eval_estimates"], 0, why=" (0: no variance)"),
+        "eval_samples": as_integer("eval_samples", cfg["eval_samples"], 1),
+    }
+
+
+def check_train_command(cfg: Any) -> None:
+    """Validate the keys that concern the whole ``bench train`` command (raising ConfigError)."""
+    parse_threads(cfg["threads"])
+    parse_duration(cfg["time_limit"])
+    for key in ("resume", "plots", "dry_run"):
+        parse_bool(key, cfg[key])

@@ -156,6 +156,11 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     return run_job(cfg, dict(HydraConfig.get().runtime.choices))
 
 
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def train_task(cfg: DictConfig) -> None:
+    """``bench train``'s Hydra entry: bench's sweeper runs the runs itself (``bench.training``)."""
+
+
 # --- running the plan --------------------------------------------------------------------------
 def run_in_process(specs: Sequence[JobSpec], problems: dict[str, Problem] | None = None) -> list[Any]:
     """Run planned cells one after another in this process: what Hydra's basic launcher does,
@@ -353,7 +358,7 @@ def finish(
 
 
 # --- the command line --------------------------------------------------------------------------
-def hydra_arguments(overrides: Sequence[str]) -> list[str]:
+def hydra_arguments(overrides: Sequence[str], config_name: str = "config") -> list[str]:
     """The command line for Hydra. A single-valued ``problem``/``estimator`` choice or member key
     is written as a one-value sweep (``choice(v)``), so that Hydra leaves it to bench's sweeper,
     which applies it only where it exists and reports unknown names with the valid choices;
@@ -362,7 +367,7 @@ def hydra_arguments(overrides: Sequence[str]) -> list[str]:
 
     overrides = [plugins_as_list(text) for text in overrides]
     parsed = OverridesParser.create().parse_overrides(list(overrides))
-    base = OmegaConf.load(CONF_DIR / "config.yaml")
+    base = OmegaConf.load(CONF_DIR / f"{config_name}.yaml")
     check_top_level_keys([list(overrides)], base)
     arguments = []
     for text, override in zip(overrides, parsed, strict=True):
@@ -463,11 +468,18 @@ def register_sweeper() -> None:
 
 def main(overrides: Sequence[str]) -> None:
     """``bench sweep`` → Hydra multirun with bench's sweeper."""
-    from hydra.errors import HydraException
 
     if any(arg in ("-h", "--help") for arg in overrides):
         print(help_text())
         sys.exit(EXIT_OK)
+    run_hydra(overrides, "config", "bench sweep")
+
+
+def run_hydra(overrides: Sequence[str], config_name: str, prog: str) -> None:
+    """Hydra multirun of ``conf/<config_name>.yaml`` with bench's sweeper (``bench sweep`` and
+    ``bench train``), after the checks that need no Hydra: ``--key value`` style, plugins."""
+    from hydra.errors import HydraException
+
     overrides = ["dry_run=true" if arg == "--dry-run" else arg for arg in overrides]
     dashed = next((i for i, arg in enumerate(overrides) if arg.startswith("--")), None)
     if dashed is not None:
@@ -477,7 +489,7 @@ def main(overrides: Sequence[str]) -> None:
               file=sys.stderr)  # fmt: skip
         sys.exit(EXIT_USAGE)
     try:
-        arguments = hydra_arguments(overrides)
+        arguments = hydra_arguments(overrides, config_name)
         # Plugins join the registries before planning, so their names are valid choices; one that
         # fails to import (or an installed one that did) stops the sweep before any work.
         load_plugins(requested_plugins(arguments))
@@ -486,8 +498,8 @@ def main(overrides: Sequence[str]) -> None:
         sys.exit(EXIT_USAGE)
     register_sweeper()
     saved = sys.argv
-    sys.argv = ["bench sweep", "--multirun", *arguments]
+    sys.argv = [prog, "--multirun", *arguments]
     try:
-        task()
+        (task if config_name == "config" else train_task)()
     finally:
         sys.argv = saved

@@ -25,6 +25,7 @@ class Reinforce(Estimator):
 
     name = "reinforce"
     unbiased = True
+    plain_model_gradient = True  # score_function_surrogate: ∇ of params only in f is mean_s ∇f_s
     closed_form = True  # take the closed-form path where it applies (not a config key)
 
     def estimate(self, problem: Problem, params: Params, noise: Tensor) -> Params:

@@ -24,6 +24,7 @@ class ReinforceLeaveOneOut(Estimator):
 
     name = "rloo"
     unbiased = True
+    plain_model_gradient = True  # score_function_surrogate: ∇ of params only in f is mean_s ∇f_s
     min_samples = 2
     closed_form = True  # take the closed-form path where it applies (not a config key)
 

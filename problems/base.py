@@ -264,6 +264,56 @@ class Problem(ABC):
             return latent.categorical_relaxed(z, temperature)
         raise NotImplementedError(f"{self.name} has no discrete latent with logits")
 
+    # --- training (bench train; docs/training.md) -------------------------------------------------
+    # Whether training descends E[f] ("minimize": a loss, a negative ELBO) or ascends it
+    # ("maximize": CartPole's f is the return). The estimators estimate ∇E[f] either way.
+    direction: ClassVar[str] = "minimize"
+
+    # ``cost`` reads the model parameters from ``params`` when they are there (named as the model's),
+    # so that an estimator declaring ``plain_model_gradient`` gives the model's gradient in the same
+    # pass as θ's (``bench.training.loop``); the separate ``model_gradient`` pass otherwise.
+    fuses_model: ClassVar[bool] = False
+
+    def training_start(self) -> tuple[Params, Params]:
+        """Where ``bench train`` starts, float64 on ``self.device``: (θ, model). θ are the parameters
+        the estimator differentiates; model the problem's other trained parameters (a VAE's
+        decoder), trained with ``model_gradient``. Default: (``params()``, no model)."""
+        return self.params(), {}
+
+    def training_batch(self, model: Params, generator: torch.Generator, dtype: torch.dtype) -> None:  # noqa: B027
+        """Make ``cost`` use ``model`` and the next training step's data, drawn with ``generator``
+        (a VAE: a fresh minibatch of training images, binarized anew). Default: nothing to do."""
+
+    def evaluation_batch(self, model: Params, dtype: torch.dtype) -> None:  # noqa: B027
+        """Make ``cost`` use ``model`` and the fixed data at which variance and bias are measured
+        along training (a VAE: its own minibatch). Default: nothing to do."""
+
+    def model_gradient(self, params: Params, model: Params, x: Sample) -> Params:
+        """The plain sampled gradient of the model parameters, ∇_model mean_s f(θ, model, x_s), at
+        the hard samples ``x`` (batch (n_samples,)) the step's estimate drew: the same for every
+        estimator. Default: no model, no gradient."""
+        return {}
+
+    def expectation(self, params: Params) -> Tensor | None:
+        """E[f] at ``params`` in closed form or by enumeration, differentiable (float64 for a
+        float64 θ); None where the problem cannot compute it. Default: ``expected_cost``."""
+        expected_cost = getattr(self, "expected_cost", None)
+        if expected_cost is None or not self.has_exact_gradient:
+            return None
+        return expected_cost(params)
+
+    def training_objective(
+        self, params: Params, model: Params, generator: torch.Generator, eval_samples: int
+    ) -> dict[str, Any]:
+        """The training curve's value at (θ, model): {"objective": E[f] or a bound on it,
+        "objective_source": "exact" | "bound", "objective_stderr": None when exact, else its
+        standard error}; a problem may add columns (a VAE: its IWAE bound). Default: ``expectation``."""
+        with torch.no_grad():
+            value = self.expectation({name: tensor.to(torch.float64) for name, tensor in params.items()})
+        if value is None:
+            raise NotImplementedError(f"{self.name} cannot compute its training objective")
+        return {"objective": float(value), "objective_source": "exact", "objective_stderr": None}
+
     # --- helpers ----------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         """The config this instance was built from: every constructor keyword (defaults applied),

@@ -156,6 +156,7 @@ class CartPole(Problem):
     sequential = True
     has_score = True
     cost_depends_on_params = False
+    direction = "maximize"  # f is the return: training ascends E[f]
 
     def __init__(
         self,
@@ -282,6 +283,14 @@ class CartPole(Problem):
             return {name: torch.zeros_like(value).detach() for name, value in params.items()}
         grads = torch.autograd.grad(expected, list(params.values()))
         return {name: grad.detach() for name, grad in zip(params, grads, strict=True)}
+
+    def expectation(self, params: Params) -> Tensor:
+        """E[f], the expected return (``expected_return``), float64. Kept differentiable in θ even
+        where it does not depend on θ (horizon 1: f = 1), so autograd gives ∇ = 0, not an error."""
+        value = self.expected_return(params)
+        if not value.requires_grad:
+            value = value + 0.0 * sum(tensor.sum() for tensor in params.values())
+        return value
 
     def memory_per_sample(self) -> int:
         # Per step: float64 states and dynamics temporaries, actions, alive, logits, log-softmax and

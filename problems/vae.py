@@ -54,6 +54,13 @@ pathwise and the encoder's by the leave-one-out score function (rloo) plus log q
 
 Held-out evaluation (``held_out_bound``, for a training curve): the test split's negative ELBO and
 negative K-sample importance-weighted bound, K = ``eval_samples``, with standard errors over images.
+
+``bench train`` (the training hooks of ``problems.base``): θ is the encoder and the model the decoder,
+both from initialization (``init_seed``) whatever ``state`` says. Each step draws ``batch_size``
+training images with replacement and binarizes them afresh (``training_batch``); evaluations use the
+problem's own minibatch (``evaluation_batch``). Either makes every dtype's constants (``constants``)
+hold those images and the run's decoder. The curve's objective is the exact negative ELBO over the
+whole training split within enumeration, else the held-out bounds.
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import operator
 from abc import abstractmethod
 from functools import cached_property
 from pathlib import Path
@@ -91,6 +99,19 @@ from bench.problems.vae_nets import (
     save_atomically,
 )
 
+# training_objective: at most this many (image, code) pairs of the exact ELBO at once (its (images,
+# codes) matrices take ~8 bytes each, a few alive at a time: ~200 MB)
+OBJECTIVE_CHUNK_ELEMENTS = 1 << 22
+
+
+def binarize_drawn(values: Tensor, spec: data.DataSpec, generator: torch.Generator) -> Tensor:
+    """``data.binarize_with``, the uniforms drawn on the pixels' device: binarize_with draws on the
+    CPU, which a CUDA generator cannot. On the CPU the two are the same draw, bit for bit."""
+    uniforms = None
+    if spec.dynamic:
+        uniforms = torch.rand(values.shape, generator=generator, dtype=torch.float64, device=values.device)
+    return data.binarize(values, spec, uniforms)
+
 
 class DigitsVAE(Problem):
     """Shared machinery: data, encoder, parameter point (init / trained, cached), exact gradient.
@@ -100,6 +121,7 @@ class DigitsVAE(Problem):
     """
 
     max_latent_dim: ClassVar[int | None] = None  # the exact gradient's limit, if it enumerates codes
+    fuses_model = True  # cost reads the decoder from params when they hold it (``decoder_in``)
 
     @classmethod
     def exact_gradient_for(cls, config: dict[str, Any]) -> bool:
@@ -147,6 +169,11 @@ class DigitsVAE(Problem):
         # Chosen now (no data needed): a seeded randperm cannot run inside a torch.func transform.
         self.minibatch, self.minibatch_uniforms = data.choose_minibatch(spec, self.batch_size, self.data_seed)
         self._constants: dict[torch.dtype, tuple[Tensor, Params]] = {}
+        # What ``constants`` casts: (images, decoder) set by the training hooks; None: the problem's
+        # own minibatch and point.
+        self._source: tuple[Tensor, Params] | None = None
+        self._device_pixels: Tensor | None = None  # training_pixels on the data generator's device
+        self._encoded: tuple[list[Tensor], list[int], Tensor] | None = None  # encode's last result
         # Beyond enumeration: no exact gradient; an estimated reference instead (bench.reference).
         self.has_exact_gradient = type(self).exact_gradient_for(self._config)  # type: ignore[misc]
 
@@ -160,7 +187,8 @@ class DigitsVAE(Problem):
     @cached_property
     def all_images(self) -> Tensor:
         """The training images binarized (dynamic: once, by a generator seeded with ``data_seed``):
-        (N, D) float64 on the CPU. Large for FashionMNIST (314 MB); training does not use it."""
+        (N, D) float64 on the CPU. Large for FashionMNIST (314 MB); ``train`` does not use it, the
+        exact ``training_objective`` does."""
         return data.binarize_with(
             self.training_pixels, self.spec, torch.Generator().manual_seed(self.data_seed)
         )
@@ -317,24 +345,52 @@ class DigitsVAE(Problem):
         return {g: {k: v.to(self.device) for k, v in tensors.items()} for g, tensors in point.items()}
 
     def constants(self, dtype: torch.dtype) -> tuple[Tensor, Params]:
-        """The minibatch (B, D) and the decoder's weights in ``dtype`` (cast once per dtype)."""
+        """The minibatch (B, D) and the decoder's weights in ``dtype`` (cast once per dtype): the
+        problem's own, or those the training hooks set (``use``)."""
         if dtype not in self._constants:
-            decoder = {name: value.to(dtype) for name, value in self.point["decoder"].items()}
-            self._constants[dtype] = (self.images64.to(dtype), decoder)
+            images, decoder = self._source or (self.images64, self.point["decoder"])
+            cast = {name: value.detach().to(self.device, dtype) for name, value in decoder.items()}
+            self._constants[dtype] = (images.to(self.device, dtype), cast)
         return self._constants[dtype]
+
+    def use(self, images: Tensor, decoder: Params, dtype: torch.dtype) -> None:
+        """Make ``cost`` (every dtype's ``constants``) use ``images`` (B, D) and ``decoder``; the cast
+        to ``dtype`` is built now, outside any torch.func transform (``prepare``). Every other
+        dtype's cache is dropped, so none holds an older minibatch or decoder."""
+        self._source = (images, {name: value.detach() for name, value in decoder.items()})
+        self._constants = {}
+        self.constants(dtype)
 
     # --- the Problem interface ----------------------------------------------------------------------
     def params(self) -> Params:
         return {name: value.clone() for name, value in self.point["encoder"].items()}
 
     def encode(self, params: Params) -> Tensor:
-        """The encoder's outputs on the minibatch: (B, out), in the params' dtype."""
+        """The encoder's outputs on the minibatch: (B, out), in the params' dtype. The last result
+        is reused while the same encoder tensors (unchanged in place) and images come again: an
+        estimator that takes ``logits`` and ``cost`` of one ``params`` (arm, disarm, the relaxed
+        ones) then runs, and differentiates, the encoder once instead of twice."""
         images, _ = self.constants(params["encoder.0.weight"].dtype)
-        return self.encoder_network(params, images)
+        encoder = [value for name, value in params.items() if name.startswith("encoder.")]
+        key = [images, *encoder]  # held, so no id is reused while the entry lives
+        versions = [tensor._version for tensor in key]
+        last = self._encoded
+        same = last is not None and len(last[0]) == len(key) and all(map(operator.is_, last[0], key))
+        if same and last[1] == versions:
+            return last[2]
+        encoded = self.encoder_network(params, images)
+        self._encoded = (key, versions, encoded)
+        return encoded
 
     def cost(self, params: Params, x: Tensor) -> Tensor:
         images, decoder = self.constants(x.dtype)
-        return self.negative_elbo(self.encode(params), decoder, images, x)
+        return self.negative_elbo(self.encode(params), self.decoder_in(params, decoder), images, x)
+
+    def decoder_in(self, params: Params, decoder: Params) -> Params:
+        """The decoder ``cost`` uses: the one in ``params`` where ``bench train`` passes it there
+        (``fuses_model``), else ``decoder`` (the constants')."""
+        inside = {name: value for name, value in params.items() if name.startswith("decoder.")}
+        return inside or decoder
 
     def expected_cost(self, params: Params) -> Tensor:
         """E_q[f] = −ELBO averaged over the minibatch, exact. (No ``min_prob``: codes rarer than
@@ -349,6 +405,94 @@ class DigitsVAE(Problem):
             params = {name: value.requires_grad_(True) for name, value in self.params().items()}
             grads = torch.autograd.grad(self.expected_cost(params), list(params.values()))
         return dict(zip(params, grads, strict=True))
+
+    # --- training (bench train; problems.base) ------------------------------------------------------
+    def training_start(self) -> tuple[Params, Params]:
+        """(encoder, decoder) at initialization, float64 on ``self.device``: training starts from
+        scratch whatever ``state`` says (a trained point would start where training ends)."""
+        point = self.init_point()
+        on_device = {g: {k: v.to(self.device) for k, v in group.items()} for g, group in point.items()}
+        return on_device["encoder"], on_device["decoder"]
+
+    def training_batch(self, model: Params, generator: torch.Generator, dtype: torch.dtype) -> None:
+        """``batch_size`` training images drawn uniformly with replacement by ``generator`` and
+        binarized by it (dynamic: fresh bits every draw, as ``train`` does), with the decoder
+        ``model``. Indices and bits are drawn on the generator's device: no host round trip."""
+        pixels = self.pixels_on(generator.device)
+        chosen = torch.randint(pixels.shape[0], (self.batch_size,), generator=generator, device=pixels.device)
+        self.use(binarize_drawn(pixels[chosen], self.spec, generator), model, dtype)
+
+    def pixels_on(self, device: torch.device) -> Tensor:
+        """``training_pixels`` on ``device`` (uint8, copied once: 39 MB for FashionMNIST)."""
+        if self._device_pixels is None or self._device_pixels.device != device:
+            self._device_pixels = self.training_pixels.to(device)
+        return self._device_pixels
+
+    def evaluation_batch(self, model: Params, dtype: torch.dtype) -> None:
+        """The problem's own minibatch with the decoder ``model``; float64 is built too, for the
+        exact gradient (``expectation``) the loop takes in float64."""
+        self.use(self.images64, model, dtype)
+        self.constants(torch.float64)
+
+    def model_gradient(self, params: Params, model: Params, x: Tensor) -> Params:
+        """∇_decoder mean_s f(θ, decoder, x_s) at the current constants' images, x (n_samples, B,
+        *code) as ``sample`` gives for batch (n_samples,): the decoder's pathwise ELBO gradient
+        (f depends on the decoder only through log p(x|z)). Named like ``model``, in its dtype."""
+        dtype = next(iter(model.values())).dtype
+        images, _ = self.constants(dtype)
+        # f's log q term is constant in the decoder: any encoder output gives the same gradient, so
+        # zeros stand in for the encoder's (one encoder pass less per step).
+        encoded = torch.zeros(images.shape[0], self.encoder_outputs, dtype=dtype, device=images.device)
+        x = x.to(dtype)
+        with torch.enable_grad():
+            leaves = {name: value.detach().requires_grad_(True) for name, value in model.items()}
+            loss = self.negative_elbo(encoded, leaves, images, x).mean()  # mean over samples
+            grads = torch.autograd.grad(loss, list(leaves.values()))
+        return dict(zip(leaves, grads, strict=True))
+
+    def training_objective(
+        self, params: Params, model: Params, generator: torch.Generator, eval_samples: int
+    ) -> dict[str, Any]:
+        """Within enumeration: the exact negative ELBO over the training split (``all_images``), source
+        "exact". Beyond: the held-out negative ELBO (``held_out_bound``, K = ``eval_samples`` codes per
+        test image drawn by ``generator``), source "bound", with the IWAE bound as extra columns."""
+        if self.has_exact_gradient:
+            value = self.training_split_elbo(params, model)
+            return {"objective": value, "objective_source": "exact", "objective_stderr": None}
+        bound = self.held_out_bound(params, eval_samples, generator, decoder=model)
+        return {
+            "objective": bound["neg_elbo"],
+            "objective_source": "bound",
+            "objective_stderr": bound["neg_elbo_stderr"],
+            "objective_iwae": bound["neg_iwae"],
+            "objective_iwae_stderr": bound["neg_iwae_stderr"],
+        }
+
+    def training_split_elbo(self, params: Params, model: Params) -> float:
+        """−ELBO averaged over ``all_images``, exact, float64, in chunks of images so that at most
+        ``OBJECTIVE_CHUNK_ELEMENTS`` (image, code) pairs are held at once."""
+        encoder, decoder = (
+            {name: value.detach().to(self.device, torch.float64) for name, value in group.items()}
+            for group in (params, model)
+        )
+        images = self.all_images
+        chunk = max(1, OBJECTIVE_CHUNK_ELEMENTS // self.codes_per_image())
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        with torch.no_grad():
+            for start in range(0, images.shape[0], chunk):
+                batch = images[start : start + chunk].to(self.device)
+                encoded = self.encoder_network(encoder, batch)
+                total += self.expected_negative_elbo(encoded, decoder, batch) * batch.shape[0]
+        return float(total) / images.shape[0]
+
+    def codes_per_image(self) -> int:
+        """Codes ``expected_negative_elbo`` enumerates per image: 2^L bits, K^L categoricals (the
+        base class holds L as ``latent_dim`` for both), 1 for a closed form (the Gaussian)."""
+        if self.binary_latent:
+            return 2**self.latent_dim
+        if self.categorical_latent:
+            return int(getattr(self, "n_classes")) ** self.latent_dim  # noqa: B009 (vae_categorical's)
+        return 1
 
     # --- held-out evaluation (a training curve's) -------------------------------------------------
     eval_samples: int = EVAL_SAMPLES  # vae_bernoulli's key; the others evaluate at the default

@@ -158,7 +158,7 @@ class VAEBernoulli(DigitsVAE):
         """``cost`` and ``log_prob`` from one encoder pass (differentiated once, not twice)."""
         images, decoder = self.constants(x.dtype)
         encoded = self.encode(params)  # (B, L)
-        cost = self.negative_elbo(encoded, decoder, images, x)
+        cost = self.negative_elbo(encoded, self.decoder_in(params, decoder), images, x)
         return cost, bernoulli_log_prob(encoded, x).sum((-2, -1))
 
     def relaxed_sample(self, params: Params, noise: Tensor, temperature: float) -> Tensor:

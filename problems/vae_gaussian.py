@@ -121,7 +121,7 @@ class VAEGaussian(DigitsVAE):
         images, decoder = self.constants(x.dtype)
         encoded = self.encode(params)  # (B, 2L)
         mu, log_sigma = self.moments(encoded)
-        cost = self.negative_elbo(encoded, decoder, images, x)
+        cost = self.negative_elbo(encoded, self.decoder_in(params, decoder), images, x)
         return cost, gaussian_log_density(x, mu, log_sigma).sum((-2, -1))
 
     def memory_per_sample(self) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,8 @@ from bench.problems.vae_nets import all_codes
 from tests.conftest import make
 
 FASHION_INSTALLED = all((data.FASHION_DIR / f"{stem}.gz").is_file() for stem in data.FASHION_FILES.values())
+if os.environ.get("BENCH_REQUIRE_FASHION") and not FASHION_INSTALLED:  # CI installed it: never skip
+    raise RuntimeError(f"BENCH_REQUIRE_FASHION is set but FashionMNIST is missing under {data.FASHION_DIR}")
 needs_fashion = pytest.mark.skipif(
     not FASHION_INSTALLED,
     reason=f"FashionMNIST is not installed under {data.FASHION_DIR} (apt-get install dataset-fashion-mnist)",

@@ -10,6 +10,7 @@
                            below the cell's resolution (``bias_resolution``); biased estimators in colour
   temperature.png          relaxed estimators: bias and variance against the temperature, with the
                            resolution band and the best unbiased estimators as horizontal references
+  training_curves.png, variance_along_training.png   a training run set (``training_figures``)
 
 Modules: ``style`` (colours, markers, theme), ``text`` (text extents), ``ticks`` (readable axes, one
 notation per figure), ``layout`` (grid, header, direct labels), ``data`` (prepare, MSE at a budget,
@@ -49,13 +50,14 @@ from .style import (
 from .temperature import temperature
 from .text import DPI, TICK, text_size
 from .ticks import choose_ticks, figure_notation, format_tick, labels_fit, tick_labels
+from .training import training_figures
 from .variance import variance_curves
 
 __all__ = [
     "DPI", "ESTIMATOR_COLOURS", "FALLBACK_COLOURS", "TAU_MARKERS", "TICK", "apply_theme", "budget", "build",
     "can_fork", "choose_ticks", "draw_all", "estimator_colour", "figure_notation", "figures", "format_tick",
     "labels_fit", "prepare", "rankings", "scorecard_stems", "spread", "stems", "tau_markers", "tick_labels",
-    "with_mse",
+    "training_figures", "with_mse",
 ]  # fmt: skip
 
 BUILDERS: dict[str, Callable[[pd.DataFrame, str | None], Figure | None]] = {

@@ -64,6 +64,10 @@ class BenchSweeper(BasicSweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        if self.config.get("command") == "train":  # bench train: runs, not cells (bench.training)
+            from bench.training.command import sweep_train
+
+            return sweep_train(self, arguments)
         tic = time.perf_counter()
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         user_keys = [o.get_key_element().lstrip("+~") for o in parser.parse_overrides(arguments)]

@@ -1,0 +1,1 @@
+"""``bench train``: learning curves per estimator (docs/training.md)."""
