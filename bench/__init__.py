@@ -5,6 +5,7 @@ with ``bench.run``, test it in your own suite with ``bench.testing``::
 
     from bench import Estimator, Problem, detached, score_function_surrogate
     cells, dims = bench.run(problem="bernoulli", estimator=["reinforce", MyEstimator()], n_samples=[2, 8])
+    curves, basket = bench.train(problem="bernoulli", estimator=["reinforce", "rloo"], seed=[0, 1, 2])
 
 Names are imported on first use, so ``import bench`` (and ``bench compare``) stays light.
 """
@@ -40,6 +41,7 @@ _API: dict[str, str] = {
     "ConfigError": "bench.errors",
     "NotApplicable": "bench.errors",
     "run": "bench.api",
+    "train": "bench.training.api",
     "run_cell": "bench.runner",
 }
 

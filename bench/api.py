@@ -109,9 +109,9 @@ def split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     return {**known, **globals_}, members
 
 
-def grid(values: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def grid(values: dict[str, Any], not_swept: tuple[str, ...] = NOT_SWEPT) -> Iterator[dict[str, Any]]:
     """Every combination of the list-valued keys (a list is a sweep over its items)."""
-    swept = [k for k, v in values.items() if isinstance(v, (list, tuple)) and k not in NOT_SWEPT]
+    swept = [k for k, v in values.items() if isinstance(v, (list, tuple)) and k not in not_swept]
     for combination in itertools.product(*(values[key] for key in swept)):
         yield {**values, **dict(zip(swept, combination, strict=True))}
 

@@ -158,7 +158,7 @@ LONG = ["problem=categorical", "estimator=rloo", "eval_every=200", "eval_estimat
 
 
 def start(out: Path, *extra: str) -> subprocess.Popen:
-    args = [*LONG, "steps=4000", f"out={out}", *extra]
+    args = [*LONG, "steps=12000", f"out={out}", *extra]
     return subprocess.Popen([sys.executable, "-m", "bench", "train", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
 
@@ -172,13 +172,13 @@ def wait_for_checkpoint(process: subprocess.Popen, out: Path, timeout: float = 3
 
 
 def test_sigkill_then_resume_gives_the_uninterrupted_curve(tmp_path: Path) -> None:
-    whole = bench("train", *LONG, "steps=4000", f"out={tmp_path / 'whole'}")
+    whole = bench("train", *LONG, "steps=12000", f"out={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr
     process = start(tmp_path / "killed")
     wait_for_checkpoint(process, tmp_path / "killed")
     process.kill()
     process.communicate()
-    resumed = bench("train", *LONG, "steps=4000", f"out={tmp_path / 'killed'}")
+    resumed = bench("train", *LONG, "steps=12000", f"out={tmp_path / 'killed'}")
     assert resumed.returncode == 0, resumed.stderr
     a = pd.read_parquet(tmp_path / "whole" / "curves.parquet").drop(columns=VOLATILE)
     b = pd.read_parquet(tmp_path / "killed" / "curves.parquet").drop(columns=VOLATILE)
@@ -244,3 +244,29 @@ def test_one_pass_model_gradient_equals_the_separate_pass(name: str, estimator_n
         wrong = disarm.estimate(problem, {**theta, **model}, noise)
         with pytest.raises(AssertionError):
             torch.testing.assert_close(wrong["decoder.0.weight"][0], separate["decoder.0.weight"])
+
+
+def test_bench_train_in_python_matches_the_command(tmp_path: Path) -> None:
+    """``bench.train`` validates like the command and gives the curves the command writes."""
+    import bench
+    from bench.errors import ConfigError
+
+    curves, basket = bench.train("bernoulli", ["reinforce", "rloo"], seed=[0, 1], steps=40, eval_every=20,
+                                 eval_estimates=200, basket=["arm"])  # fmt: skip
+    done = bench_command_curves(tmp_path)
+    columns = [c for c in done.columns if c not in VOLATILE]
+    pd.testing.assert_frame_equal(
+        curves[columns].reset_index(drop=True), done[columns].reset_index(drop=True), check_dtype=False
+    )
+    assert len(basket) == 12 and set(basket["estimator"]) == {"arm"}
+    with pytest.raises(ConfigError, match="optimizer"):
+        bench.train("bernoulli", "rloo", optimizer="rmsprop")
+    with pytest.raises(ConfigError, match="nope"):
+        bench.train("bernoulli", "rloo", nope=1)
+
+
+def bench_command_curves(tmp_path: Path) -> pd.DataFrame:
+    out = tmp_path / "command"
+    done = bench("train", *SMALL, "plots=false", f"out={out}")
+    assert done.returncode == 0, done.stderr
+    return pd.read_parquet(out / "curves.parquet")

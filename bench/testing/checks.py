@@ -210,9 +210,10 @@ def check_common_random_numbers(estimator: Estimator, problem: Problem) -> None:
 
 
 def check_batch_invariance(estimator: Estimator, problem: Problem) -> None:
-    """A batch of 8 estimates equals the same estimates computed as two batches of 4 (the same noise
-    rows), in float64 to a relative 1e-9 of the largest estimate: each estimate depends only on its
-    own noise, so the runner's batch size changes nothing."""
+    """A batch of 8 estimates equals the same estimates computed as two batches of 4, and its first
+    estimate the same computed alone (a batch of one: a training step), from the same noise rows, in
+    float64 to a relative 1e-9 of the largest estimate: each estimate depends only on its own noise,
+    so the batch size changes nothing."""
     fitted, params = prepared(estimator, problem, torch.float64)
     noise = draw(fitted, problem, (BATCH, samples_for(estimator)), torch.float64)
     whole = flat(fitted.estimate(problem, params, noise))
@@ -223,10 +224,15 @@ def check_batch_invariance(estimator: Estimator, problem: Problem) -> None:
             for rows in (slice(0, half), slice(half, BATCH))
         ]
     )
+    single = flat(fitted.estimate(problem, params, noise_rows(noise, slice(0, 1))))
+    split = torch.cat([split, single])
+    whole = torch.cat([whole, whole[:1]])
     gap = float((whole - split).abs().nan_to_num(float("inf")).max())
     scale = float(whole.abs().nan_to_num(0.0).max())
     if not gap <= BATCH_RTOL * max(scale, 1e-300):
-        expected = f"one batch of {BATCH} = two of {half} (float64, rtol {BATCH_RTOL})"
+        expected = (
+            f"one batch of {BATCH} = two of {half}, its first = a batch of 1 (float64, rtol {BATCH_RTOL})"
+        )
         fail(
             "check_batch_invariance",
             problem,

@@ -174,8 +174,10 @@ def execute(grid: Plan, out: Path, config: dict[str, Any]) -> int:
     return status
 
 
-def finish(out: Path, runs: Sequence[str], metadata: dict[str, Any], draw_plots: bool) -> int:
-    """Merge the runs that have files, print and write the summary, draw the plots."""
+def finish(
+    out: Path, runs: Sequence[str], metadata: dict[str, Any], draw_plots: bool, quiet: bool = False
+) -> int:
+    """Merge the runs that have files, print (unless ``quiet``) and write the summary, draw the plots."""
     present = [run for run in runs if run_status(out, run) is not None]
     if not present:
         return EXIT_OK
@@ -183,7 +185,8 @@ def finish(out: Path, runs: Sequence[str], metadata: dict[str, Any], draw_plots:
     from bench.training.summary import summarize_training
 
     text = summarize_training(curves)
-    print(text)
+    if not quiet:
+        print(text)
     write_text_atomic(text + "\n", out / "summary.txt")
     if draw_plots:
         from bench.plots import training_figures
