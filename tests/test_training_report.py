@@ -148,8 +148,9 @@ def test_the_paired_test_finds_a_planted_difference_and_no_other() -> None:
     text = summarize_training(table(runs("p", finals)))
     assert "3 pairs tested" in text
     reported = [line.strip() for line in text.splitlines() if "f-evals" in line]
-    assert len(reported) == 2, text
+    assert len(reported) == 4, text  # each good–same pair: at the final cost and over the curve
     assert all(line.startswith("good < same") and "over 6 seeds, Holm" in line for line in reported), text
+    assert sum(" over the curve to " in line for line in reported) == 2, text
 
 
 def test_the_comparison_is_at_equal_cost_evaluations() -> None:
@@ -161,6 +162,19 @@ def test_the_comparison_is_at_equal_cost_evaluations() -> None:
     assert "disarm < reinforce at 8e2 f-evals: \u0394 = \u22120.2" in text, text
 
 
+def test_over_the_curve_finds_the_faster_learner_when_both_end_equal() -> None:
+    """Both reach 0 at step 200; `fast` gets there by step 40, `slow` only at 200 (seed noise
+    0.01): the final point shows nothing, the mean over the curve must (5% family-wise, seeded)."""
+    rng = np.random.default_rng(2)
+    fast = np.maximum(0.0, 1.0 - EVALS / 40)
+    slow = 1.0 - EVALS / 200
+    finals = {"fast": fast + rng.normal(0, 0.01, (5, len(EVALS))) * (EVALS < 200),
+              "slow": slow + rng.normal(0, 0.01, (5, len(EVALS))) * (EVALS < 200)}  # fmt: skip
+    text = summarize_training(table(runs("p", finals)))
+    reported = [line.strip() for line in text.splitlines() if "f-evals" in line]
+    assert len(reported) == 1 and reported[0].startswith("fast < slow over the curve to"), text
+
+
 def test_failed_runs_are_named_with_their_reason() -> None:
     curves, _basket = realistic()
     text = summarize_training(curves)
@@ -170,7 +184,7 @@ def test_failed_runs_are_named_with_their_reason() -> None:
 def test_with_one_seed_no_test_runs() -> None:
     finals = {"a": np.array([[0.0, 1.0]]), "b": np.array([[0.0, 2.0]])}
     text = summarize_training(table(runs("p", finals)))
-    assert "0 pairs tested, 1 not (fewer than 2 common seeds: no test" in text
+    assert "0 pairs tested, at the cost and over the curve up to it, 1 not (fewer than 2 common seeds" in text
     assert "(no interval: 1 seed)" in text
 
 

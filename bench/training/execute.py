@@ -31,7 +31,7 @@ from bench.stops import (
     is_main_thread,
     raise_interrupted,
 )
-from bench.training.loop import RunSettings, State, run_training
+from bench.training.loop import RunSettings, State, eval_steps, run_training
 from bench.training.runs import (
     RUN_KEYS,
     load_checkpoint,
@@ -66,9 +66,9 @@ class RunWriter:
     """Writes a run's checkpoint and files after each evaluation, and guards the time limit."""
 
     def __init__(self, out: Path, run: str, base: dict[str, Any], metadata: dict[str, Any],
-                 limit: float | None, started: float) -> None:  # fmt: skip
+                 limit: float | None, started: float, eval_steps: list[int]) -> None:  # fmt: skip
         self.out, self.run, self.base, self.metadata = out, run, base, metadata
-        self.limit, self.started = limit, started
+        self.limit, self.started, self.eval_steps = limit, started, eval_steps
         self.rows: list[dict[str, Any]] = []
         self.basket_rows: list[dict[str, Any]] = []
 
@@ -79,9 +79,12 @@ class RunWriter:
         self.write(state.rows, state.basket_rows, status)
         if status == "ok":
             (run_dir(self.out, self.run) / "checkpoint.pt").unlink(missing_ok=True)
-        elif self.limit is not None:
-            per_step = (state.seconds + sum(row["eval_seconds"] for row in state.rows)) / max(1, state.step)
-            projected = per_step * (steps - state.step)
+        elif self.limit is not None and state.step > 0:  # at step 0 nothing says what a step costs
+            evals = [row["eval_seconds"] for row in state.rows]
+            remaining_evals = sum(1 for step in self.eval_steps if step > state.step)
+            projected = (
+                state.seconds / state.step * (steps - state.step) + sum(evals) / len(evals) * remaining_evals
+            )
             spent = time.time() - self.started
             if spent + projected > self.limit:
                 raise TimeLimitExceeded(
@@ -107,7 +110,8 @@ def execute_run(spec: JobSpec, run: str, out: Path, metadata: dict[str, Any], st
     container = spec.container
     device = resolve_device(str(container["device"]))
     base = run_base(run, spec, str(device))
-    writer = RunWriter(out, run, base, metadata, parse_duration(container["time_limit"]), started)
+    limit = parse_duration(container["time_limit"])
+    writer = RunWriter(out, run, base, metadata, limit, started, eval_steps(run_settings(spec.settings)))
     saved = load_checkpoint(out, run) if container["resume"] else None
     threads_before = torch.get_num_threads()
     label = f"{spec.names['problem']} × {spec.names['estimator']} seed={spec.settings['seed']}"
@@ -167,9 +171,10 @@ def execute(grid: Plan, out: Path, config: dict[str, Any]) -> int:
     status = finish(out, grid.cells, metadata, bool(config["plots"]))
     if stopped is not None:
         done = sum(run_status(out, run) in ("ok", "skipped", "failed") for run in grid.cells)
-        what = "interrupted" if isinstance(stopped, Interrupted) else f"stopped: {stopped}"
-        print(f"bench: {what} after {done} of {len(grid.cells)} runs; run the same command again to "
-              "resume (each run continues from its last evaluation)", file=sys.stderr)  # fmt: skip
+        what = "interrupted" if isinstance(stopped, Interrupted) else "stopped"
+        why = "" if isinstance(stopped, Interrupted) else f": {stopped}"
+        print(f"bench: {what} after {done} of {len(grid.cells)} runs{why}. Run the same command again "
+              "to resume (each run continues from its last evaluation)", file=sys.stderr)  # fmt: skip
         return stopped.exit_status
     return status
 

@@ -18,6 +18,11 @@ setting's pairs are Holm-corrected together and a difference is reported when it
 below α = 0.05: under normal paired differences and no true difference the chance of reporting any
 difference in a setting (the family-wise false-alarm rate) is at most 5%. Estimators whose runs use
 no evaluations of f (``exact``) have no equal-cost point and are left out of these tests.
+
+Over the curve: the same pairs are also compared by each run's mean objective over its curve from 0
+to C f evaluations (the area under the piecewise-linear learning curve ÷ C), which says which
+estimator learned faster when both end at the same value. Both families of p-values of a setting
+go through one Holm correction, so the 5% family-wise rate covers them together.
 """
 
 from __future__ import annotations
@@ -29,13 +34,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from bench.training.runs import CURVE_TYPES
+
 ALPHA = 0.05
-CURVE_COLUMNS = frozenset({
-    "run", "problem", "estimator", "n_samples", "seed", "dtype", "optimizer", "lr", "steps", "eval_every",
-    "eval_estimates", "eval_samples", "status", "reason", "step", "cost_evals", "seconds", "objective",
-    "objective_source", "objective_stderr", "objective_iwae", "objective_iwae_stderr", "direction",
-    "variance", "variance_ci_low", "variance_ci_high", "bias_norm", "eval_seconds",
-})  # fmt: skip
+CURVE_COLUMNS = frozenset(CURVE_TYPES)  # curves.parquet's own columns: the rest are configs
 RUN_SETTINGS = ("n_samples", "optimizer", "lr")
 
 
@@ -151,9 +153,24 @@ def at_cost(runs: pd.DataFrame, cost: float) -> pd.Series:
     return pd.Series(values, index=runs["seed"].to_numpy()).groupby(level=0).mean()
 
 
+def mean_to_cost(runs: pd.DataFrame, cost: float) -> pd.Series:
+    """Each run's mean objective over the curve from 0 to ``cost`` f evaluations (the area under its
+    piecewise-linear learning curve ÷ ``cost``: how fast it learned), by seed."""
+    values = []
+    for c, p in zip(runs["cost"], runs["path"], strict=True):
+        grid = np.unique(np.concatenate([c[c < cost], [cost]]))
+        curve = np.interp(grid, c, p)
+        values.append(float(np.sum((curve[1:] + curve[:-1]) / 2 * np.diff(grid)) / cost))
+    return pd.Series(values, index=runs["seed"].to_numpy()).groupby(level=0).mean()
+
+
+MEASURES = {"at": at_cost, "over the curve to": mean_to_cost}
+
+
 def paired_tests(runs: pd.DataFrame) -> tuple[list[dict], int]:
-    """Every pair of labels with ≥ 2 common seeds: the paired t-test of A − B at equal cost; and the
-    number of pairs not tested (fewer than 2 common seeds, or no f evaluations)."""
+    """Every pair of labels with ≥ 2 common seeds: the paired t-tests of A − B at equal cost and of
+    their mean objective over the curve up to it; and the number of pairs not tested (fewer than 2
+    common seeds, or no f evaluations)."""
     tests, skipped = [], 0
     labels = sorted(runs["label"].unique())
     for a, b in itertools.combinations(labels, 2):
@@ -164,15 +181,16 @@ def paired_tests(runs: pd.DataFrame) -> tuple[list[dict], int]:
         if len(seeds) < 2 or not cost > 0:
             skipped += 1
             continue
-        value_a, value_b = at_cost(run_a, cost), at_cost(run_b, cost)
-        difference = (value_a - value_b).to_numpy()
-        mean, low, high = t_interval(difference)
-        if difference.std(ddof=1) > 0:
-            p = float(stats.ttest_rel(value_a, value_b).pvalue)
-        else:  # identical differences: no spread to test against
-            p = 1.0 if mean == 0 else 0.0
-        tests.append({"a": a, "b": b, "cost": cost, "delta": mean, "low": low, "high": high,
-                      "p": p, "n": len(seeds)})  # fmt: skip
+        for where, measure in MEASURES.items():
+            value_a, value_b = measure(run_a, cost), measure(run_b, cost)
+            difference = (value_a - value_b).to_numpy()
+            mean, low, high = t_interval(difference)
+            if difference.std(ddof=1) > 0:
+                p = float(stats.ttest_rel(value_a, value_b).pvalue)
+            else:  # identical differences: no spread to test against
+                p = 1.0 if mean == 0 else 0.0
+            tests.append({"a": a, "b": b, "cost": cost, "delta": mean, "low": low, "high": high,
+                          "p": p, "n": len(seeds), "where": where})  # fmt: skip
     return tests, skipped
 
 
@@ -193,7 +211,7 @@ def difference_line(test: dict, p: float, maximize: bool) -> str:
         delta, low, high, first, second = -delta, -high, -low, second, first
     relation = ">" if maximize else "<"
     return (
-        f"    {first} {relation} {second} at {cost_text(test['cost'])} f-evals: "
+        f"    {first} {relation} {second} {test['where']} {cost_text(test['cost'])} f-evals: "
         f"\u0394 = {num(delta)} [{num(low)}, {num(high)}], p = {p:.2g} "
         f"(paired t-test over {test['n']} seeds, Holm)"
     )
@@ -202,7 +220,8 @@ def difference_line(test: dict, p: float, maximize: bool) -> str:
 def comparison_lines(runs: pd.DataFrame, maximize: bool) -> list[str]:
     tests, skipped = paired_tests(runs)
     head = f"  at equal cost evaluations (paired t-test, Holm, \u03b1 = {ALPHA:g}): "
-    head += f"{len(tests)} pair{'s' if len(tests) != 1 else ''} tested"
+    pairs = len(tests) // len(MEASURES)
+    head += f"{pairs} pair{'s' if pairs != 1 else ''} tested, at the cost and over the curve up to it"
     if skipped:
         head += f", {skipped} not (fewer than 2 common seeds: no test; or no f evaluations)"
     lines = [head]
