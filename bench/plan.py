@@ -115,13 +115,23 @@ def pair_matches(pattern: str, problem: str, estimator: str, n_samples: int | No
     )
 
 
+def typed_exclusions(exclude: Any, config_name: str) -> list[str]:
+    """["hydra.sweeper.exclude"] when ``exclude`` is not the config file's own list: the user typed
+    it (Hydra does not pass its own keys to the sweeper's arguments), so it applies (``GridRules``)."""
+    from bench.registry import CONF_DIR
+
+    default = OmegaConf.load(CONF_DIR / f"{config_name}.yaml").hydra.sweeper.get("exclude", [])
+    return ["hydra.sweeper.exclude"] if list(exclude or []) != list(default or []) else []
+
+
 @dataclass
 class GridRules:
     """How the default grid (``hydra.sweeper.params``) is trimmed; none of it touches what the user
     types. ``only``: a grid key applies just to the ``problem:estimator`` pairs matching one of its
     patterns (the temperature grid to the relaxed estimators on the toy problems, not to RELAX's
     initial λ or to the VAEs). ``exclude``: pairs the default grid leaves out (one cell of them takes
-    minutes); choosing ``problem`` or ``estimator`` on the command line lifts the exclusions. Patterns
+    minutes); choosing ``problem`` or ``estimator`` on the command line lifts the exclusions, unless
+    ``hydra.sweeper.exclude`` is typed too (``'hydra.sweeper.exclude=[*:disarm:2]'``). Patterns
     are ``problem:estimator[:n_samples]`` (see ``pair_matches``)."""
 
     only: dict[str, list[str]] = field(default_factory=dict)
@@ -134,7 +144,7 @@ class GridRules:
         for key, patterns in dict(only or {}).items():
             if key not in user:
                 rules.only[key] = [str(p) for p in ([patterns] if isinstance(patterns, str) else patterns)]
-        if not user & set(GROUPS):
+        if not user & set(GROUPS) or "hydra.sweeper.exclude" in user:  # an exclusion typed applies
             rules.exclude = [str(p) for p in exclude or []]
         return rules
 

@@ -59,6 +59,7 @@ from bench.plan import (  # re-exported: the sweeper and tests import them from 
     pair_matches,
     plan,
     reusable,
+    typed_exclusions,
 )
 from bench.plugins import load as load_plugins
 from bench.problems.base import Problem
@@ -110,6 +111,7 @@ __all__ = [  # what other modules import from here, besides what it defines
     "pair_matches",
     "plan",
     "runnable_elsewhere",
+    "typed_exclusions",
 ]  # fmt: skip
 
 log = logging.getLogger("bench")

@@ -270,3 +270,33 @@ def bench_command_curves(tmp_path: Path) -> pd.DataFrame:
     done = bench("train", *SMALL, "plots=false", f"out={out}")
     assert done.returncode == 0, done.stderr
     return pd.read_parquet(out / "curves.parquet")
+
+
+def test_help_lists_the_keys_and_a_dry_run_runs_nothing(tmp_path: Path) -> None:
+    helped = bench("train", "--help")
+    assert helped.returncode == 0
+    for key in ("steps=200", "eval_every=20", "optimizer=adam", "lr=0.05", "basket=[]", "eval_estimates=1000",
+                "eval_samples=100"):  # fmt: skip
+        assert key in helped.stdout, key
+    out = tmp_path / "dry"
+    dry = bench(
+        "train", "--dry-run", "problem=bernoulli", "estimator=rloo,pathwise", "seed=0,1", f"out={out}"
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert "4 training runs" in dry.stdout and "2 skipped (does not apply)" in dry.stdout
+    assert not out.exists()
+
+
+def test_an_exclusion_typed_on_the_command_line_applies() -> None:
+    """Choosing problem= or estimator= lifts the default grid's exclusions, but not one the user
+    typed (the paper-shaped experiment runs rloo at 2 samples and disarm at 1 pair, docs/training.md)."""
+    from bench.plan import GridRules, typed_exclusions
+
+    assert typed_exclusions([], "train") == [] and typed_exclusions(["*:disarm:2"], "train")
+    names = {"problem": "bernoulli", "estimator": "disarm"}
+    typed = GridRules.from_config(
+        {}, ["*:disarm:2"], ["estimator", *typed_exclusions(["*:disarm:2"], "train")]
+    )
+    assert typed.excludes(names, 2) and not typed.excludes(names, 1)
+    lifted = GridRules.from_config({}, ["*:disarm:2"], ["estimator"])
+    assert not lifted.excludes(names, 2)

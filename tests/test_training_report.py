@@ -195,5 +195,25 @@ def test_a_key_only_some_estimators_have_labels_the_estimator_not_the_setting() 
     curves["temperature"] = np.where(curves["estimator"] == "gumbel_softmax", 0.5, np.nan)
     frame = labelled(curves)
     assert set(frame["_setting"]) == {"p"}
-    assert set(frame["_label"]) == {"reinforce", "gumbel_softmax temperature=0.5"}
+    assert set(frame["_label"]) == {"reinforce", "gumbel_softmax"}  # one temperature: nothing to tell apart
     assert "1 pair tested" in summarize_training(curves)
+    other = curves[curves["estimator"] == "gumbel_softmax"].assign(temperature=1.0)
+    other["run"] = other["run"] + "-t1"
+    frame = labelled(pd.concat([curves, other], ignore_index=True))
+    assert set(frame["_setting"]) == {"p"}
+    assert set(frame["_label"]) == {
+        "reinforce",
+        "gumbel_softmax temperature=0.5",
+        "gumbel_softmax temperature=1",
+    }
+
+
+def test_n_samples_labels_the_estimator_so_unequal_samples_meet_at_equal_cost() -> None:
+    finals = {"rloo": np.zeros((2, 3)), "disarm": np.zeros((2, 3))}
+    curves = table(runs("p", finals))
+    curves["n_samples"] = np.where(curves["estimator"] == "rloo", 2, 1)
+    frame = labelled(curves)
+    assert set(frame["_setting"]) == {"p"} and set(frame["_label"]) == {
+        "rloo n_samples=2",
+        "disarm n_samples=1",
+    }

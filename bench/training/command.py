@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from bench.errors import ConfigError
 from bench.output import scratch
-from bench.plan import GridRules, JobSpec, Kind, default_grid, plan
+from bench.plan import GridRules, JobSpec, Kind, default_grid, plan, typed_exclusions
 from bench.registry import CONF_DIR
 from bench.settings import TRAIN_INTEGER_KEYS, check_train_command, train_settings
 from bench.stops import EXIT_OK, EXIT_USAGE
@@ -82,7 +82,8 @@ def sweep_train(sweeper: Any, arguments: list[str]) -> Any:
         if not dry_run:
             check_writable(out)
         print(f"bench: planning {len(jobs)} training runs (validating every run's config)...", flush=True)
-        rules = GridRules.from_config(sweeper.only, sweeper.exclude, user_keys)
+        typed = typed_exclusions(sweeper.exclude, "train")
+        rules = GridRules.from_config(sweeper.only, sweeper.exclude, [*user_keys, *typed])
         grid = plan(jobs, sweeper._compose, sweeper._compose([]), user_keys, rules, kind=TRAIN)
     except ConfigError as error:
         print(f"bench: error: {error}", file=sys.stderr)

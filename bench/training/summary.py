@@ -1,11 +1,12 @@
 """The text summary of a training run set (``curves.parquet``): per problem setting, the final
 objective per estimator and the differences at equal cost evaluations that a test detects.
 
-A *setting* is the problem with its config columns, ``n_samples``, ``optimizer`` and ``lr``: every
-column that is neither one of the table's fixed columns (``CURVE_COLUMNS``) nor starts with ``_`` is
-a config column. One exception: a config column that some estimators of a problem have and others
-do not (``temperature``) belongs to the estimator; it is part of the estimator's label
-(``gumbel_softmax temperature=0.5``), so a relaxed estimator is still compared with ``reinforce``.
+A *setting* is the problem with its config columns, ``optimizer`` and ``lr``: every column that is
+neither one of the table's fixed columns (``CURVE_COLUMNS``) nor starts with ``_`` is a config
+column. A config column that some estimators of a problem have and others do not (``temperature``)
+belongs to the estimator, and so does ``n_samples``: they join the estimator's label
+(``gumbel_softmax temperature=0.5``, ``rloo n_samples=2``) where they vary, so a relaxed estimator
+is still compared with ``reinforce``, and rloo at 2 samples with disarm at 1 pair (equal cost).
 
 Final objective: each ok run's objective at its last evaluated step; per estimator the mean over
 seeds with a 95% t-interval (mean ± t₀.₉₇₅,ₙ₋₁ · s / √n; none with one seed), best first.
@@ -68,6 +69,12 @@ def labelled(curves: pd.DataFrame) -> pd.DataFrame:
     own = estimator_keys(table, configs)
     setting = [c for c in [*configs, *RUN_SETTINGS] if c not in own and c in table]
     varying = [c for c in setting if table[c].astype(object).fillna("\0").nunique() > 1]
+    # Keys that tell runs of one estimator apart, and n_samples (runs at different n_samples meet at
+    # equal cost evaluations): in the label, and only where they vary (a lone value says nothing).
+    own = [c for c in own if table.groupby("estimator")[c].nunique().max() > 1]
+    if "n_samples" in varying:
+        varying.remove("n_samples")
+        own.append("n_samples")
 
     def join(row: pd.Series, first: str, columns: list[str]) -> str:
         parts = [f"{c}={show(row[c])}" for c in columns if pd.notna(row[c])]

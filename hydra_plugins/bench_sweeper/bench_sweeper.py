@@ -36,6 +36,7 @@ from bench.sweep import (
     plan,
     remove_empty,
     run_in_process,
+    typed_exclusions,
     write_plan,
 )
 
@@ -83,7 +84,8 @@ class BenchSweeper(BasicSweeper):
             if not dry_run:
                 check_writable(out)
             print(f"bench: planning {len(jobs)} jobs (validating every cell's config)...", flush=True)
-            rules = GridRules.from_config(self.only, self.exclude, user_keys)
+            typed = typed_exclusions(self.exclude, "config")
+            rules = GridRules.from_config(self.only, self.exclude, [*user_keys, *typed])
             grid = plan(jobs, self._compose, self._compose([]), user_keys, rules)
         except ConfigError as error:
             print(f"bench: error: {error}", file=sys.stderr)
