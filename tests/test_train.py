@@ -193,7 +193,7 @@ def test_sigint_merges_what_ran_and_exits_130(tmp_path: Path) -> None:
     process.send_signal(signal.SIGINT)
     _stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
-    assert "run the same command again" in stderr
+    assert "Run the same command again" in stderr
     curves = pd.read_parquet(out / "curves.parquet")
     assert set(curves["status"]) == {"partial"} and curves["step"].min() == 0
     assert list((out / ".bench" / "runs").glob("*/checkpoint.pt"))  # what the same command resumes from

@@ -82,9 +82,11 @@ def max_abs_z(estimates: torch.Tensor, exact: torch.Tensor) -> float:
 def grouped_model_gradients(
     problem: DigitsVAE, theta: Params, model: Params, x: torch.Tensor
 ) -> torch.Tensor:
-    """``model_gradient`` per group of PER_GROUP samples, vectorized: x (G·m, B, …) → (G, P)."""
+    """``model_gradient`` per group of PER_GROUP samples: x (G·m, B, …) → (G, P). A loop over the
+    groups (model_gradient is plain autograd, one call per training step, not vmappable)."""
     groups = x.reshape(GROUPS, PER_GROUP, *x.shape[1:])
-    grads = torch.func.vmap(lambda group: problem.model_gradient(theta, model, group))(groups)
+    per_group = [problem.model_gradient(theta, model, group) for group in groups]
+    grads = {name: torch.stack([g[name] for g in per_group]) for name in per_group[0]}
     return flat(grads, (GROUPS,))
 
 
