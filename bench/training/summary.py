@@ -192,10 +192,10 @@ def paired_tests(runs: pd.DataFrame) -> tuple[list[dict], int]:
             value_a, value_b = measure(run_a, cost), measure(run_b, cost)
             difference = (value_a - value_b).to_numpy()
             mean, low, high = t_interval(difference)
-            if difference.std(ddof=1) > 0:
+            if difference.std(ddof=1) > 1e-12 * max(abs(mean), np.finfo(float).tiny):
                 p = float(stats.ttest_rel(value_a, value_b).pvalue)
-            else:  # identical differences: no spread to test against
-                p = 1.0 if mean == 0 else 0.0
+            else:  # identical differences (to rounding): no spread to test against
+                p = 1.0 if abs(mean) <= 1e-12 else 0.0
             tests.append({"a": a, "b": b, "cost": cost, "delta": mean, "low": low, "high": high,
                           "p": p, "n": len(seeds), "where": where})  # fmt: skip
     return tests, skipped
