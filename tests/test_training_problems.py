@@ -21,7 +21,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from bench.problems import data, vae
+from bench.problems import data, vae_training
 from bench.problems.base import Params
 from bench.problems.vae import DigitsVAE
 from bench.problems.vae_bernoulli import VAEBernoulli
@@ -226,7 +226,7 @@ def test_exact_objective_matches_an_independent_enumeration(monkeypatch: pytest.
         independent_bernoulli_objective(problem, theta, model), rel=1e-12
     )
     # chunked the same (18 chunks of 100 digits), and not the measured minibatch's value
-    monkeypatch.setattr(vae, "OBJECTIVE_CHUNK_ELEMENTS", 16 * 100)
+    monkeypatch.setattr(vae_training, "OBJECTIVE_CHUNK_ELEMENTS", 16 * 100)
     chunked = problem.training_objective(theta, model, torch.Generator().manual_seed(0), 10)
     assert chunked["objective"] == pytest.approx(row["objective"], rel=1e-12)
     assert float(problem.expected_cost(theta)) != pytest.approx(row["objective"], rel=1e-3)
@@ -238,7 +238,7 @@ def test_exact_objective_is_the_training_split_average(name: str, monkeypatch: p
     theta, model = cast(problem.training_start()[0], torch.float32), problem.training_start()[1]
     images = problem.all_images
     whole = problem.expected_negative_elbo(problem.encoder_network(cast(theta, F64), images), model, images)
-    monkeypatch.setattr(vae, "OBJECTIVE_CHUNK_ELEMENTS", 100 * problem.codes_per_image())
+    monkeypatch.setattr(vae_training, "OBJECTIVE_CHUNK_ELEMENTS", 100 * problem.codes_per_image())
     row = problem.training_objective(theta, model, torch.Generator().manual_seed(0), 10)
     assert row == {"objective": pytest.approx(float(whole), rel=1e-12), "objective_source": "exact",
                    "objective_stderr": None}  # fmt: skip
