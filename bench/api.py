@@ -81,20 +81,24 @@ def components(group: str, given: Any) -> list[Component]:
     return found
 
 
-def defaults() -> dict[str, Any]:
+def defaults(config_name: str = "config") -> dict[str, Any]:
+    """The global keys of conf/<config_name>.yaml (``bench sweep``'s, or ``bench train``'s with
+    "train") with the Python API's own defaults: write nothing, no plots, no time limit."""
     from bench.registry import CONF_DIR
 
-    base = OmegaConf.load(CONF_DIR / "config.yaml")
+    base = OmegaConf.load(CONF_DIR / f"{config_name}.yaml")
     values = {key: OmegaConf.to_container(base, resolve=False)[key] for key in base}
-    values.pop("defaults", None)
-    values.pop("hydra", None)
+    for key in ("defaults", "hydra", "command"):
+        values.pop(key, None)
     values.update(out=None, plots=False, resume=True, time_limit="none")
     return values
 
 
-def split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+def split_settings(
+    settings: dict[str, Any], config_name: str = "config"
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """(global keys, {"problem": {key: value}, "estimator": {...}}); unknown keys name the valid."""
-    known = defaults()
+    known = defaults(config_name)
     members: dict[str, dict[str, Any]] = {"problem": {}, "estimator": {}}
     globals_: dict[str, Any] = {}
     for key, value in settings.items():
@@ -136,7 +140,26 @@ def plan_cells(
     """(components, settings) per cell, validated before any work, duplicates dropped."""
     from bench.settings import check_sweep_settings, normalize
 
-    cells, seen, built = [], set(), {}
+    cells, seen = [], set()
+    for parts in component_grid(chosen, members):
+        for values in grid(settings):
+            normalize(values)
+            check_sweep_settings(values)
+            instances = [id(part.instance) for part in parts.values()]
+            configs = [(part.name, part.config) for part in parts.values()]
+            key = repr((instances, configs, sorted(values.items())))
+            if key not in seen:
+                seen.add(key)
+                cells.append((parts, values))
+    return cells
+
+
+def component_grid(
+    chosen: dict[str, list[Component]], members: dict[str, dict[str, Any]]
+) -> Iterator[dict[str, Component]]:
+    """{"problem": ..., "estimator": ...} for every combination of the member keys' values and of
+    the chosen components, each validated (built once per config) before it is yielded."""
+    built: dict[str, Any] = {}
     for member_values in grid({f"{g}.{k}": v for g, keys in members.items() for k, v in keys.items()}):
         keyed = {g: {k.split(".", 1)[1]: v for k, v in member_values.items() if k.startswith(g + ".")}
                  for g in members}  # fmt: skip
@@ -144,16 +167,7 @@ def plan_cells(
             parts = {"problem": problem.with_keys(keyed["problem"]),
                      "estimator": estimator.with_keys(keyed["estimator"])}  # fmt: skip
             validate(parts, built)
-            for values in grid(settings):
-                normalize(values)
-                check_sweep_settings(values)
-                instances = [id(part.instance) for part in parts.values()]
-                configs = [(part.name, part.config) for part in parts.values()]
-                key = repr((instances, configs, sorted(values.items())))
-                if key not in seen:
-                    seen.add(key)
-                    cells.append((parts, values))
-    return cells
+            yield parts
 
 
 def cell_of(parts: dict[str, Component], values: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 import torch
@@ -413,11 +413,32 @@ def nested_comments(path: Path, parent: str) -> dict[str, str]:
     return comments
 
 
+def key_lines(config_name: str, hidden: Sequence[str] = ()) -> list[str]:
+    """``KEY=default   comment`` per key of conf/<config_name>.yaml (a key of the default grid
+    shows its grid), groups of keys (reference_gradient.*) expanded; ``hidden`` keys left out."""
+    path = CONF_DIR / f"{config_name}.yaml"
+    base = OmegaConf.load(path)
+    comments = yaml_comments(path)
+    grid = OmegaConf.to_container(base.hydra.sweeper.params)
+    lines = []
+    for key in base:
+        if key in ("defaults", "hydra", *hidden):
+            continue
+        default = OmegaConf.to_container(base, resolve=False)[key]
+        if isinstance(default, dict) and key not in grid:  # a group of keys (reference_gradient.*)
+            lines.append(f"  {key}.*".ljust(34) + f" {comments.get(key, '')}")
+            for sub, value in default.items():
+                comment = nested_comments(path, key).get(sub, "")
+                lines.append(f"    {key}.{sub}={value}".ljust(34) + f" {comment}")
+            continue
+        shown = grid.get(key, default)
+        lines.append(f"  {key}={shown}".ljust(34) + f" {comments.get(key, '')}")
+    return lines
+
+
 def help_text() -> str:
     """``bench sweep --help``: the global keys with their defaults, from conf/config.yaml."""
-    base = OmegaConf.load(CONF_DIR / "config.yaml")
-    comments = yaml_comments(CONF_DIR / "config.yaml")
-    grid = OmegaConf.to_container(base.hydra.sweeper.params)
+    grid = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml").hydra.sweeper.params)
     lines = [
         "usage: bench sweep [KEY=VALUE ...]",
         "",
@@ -426,19 +447,8 @@ def help_text() -> str:
         "(`bench list` shows them with their defaults) and apply only where the key exists.",
         "",
         "global keys (default):",
+        *key_lines("config"),
     ]
-    for key in base:
-        if key in ("defaults", "hydra"):
-            continue
-        default = OmegaConf.to_container(base, resolve=False)[key]
-        if isinstance(default, dict) and key not in grid:  # a group of keys (reference_gradient.*)
-            lines.append(f"  {key}.*".ljust(34) + f" {comments.get(key, '')}")
-            for sub, value in default.items():
-                comment = nested_comments(CONF_DIR / "config.yaml", key).get(sub, "")
-                lines.append(f"    {key}.{sub}={value}".ljust(34) + f" {comment}")
-            continue
-        shown = grid.get(key, default)
-        lines.append(f"  {key}={shown}".ljust(34) + f" {comments.get(key, '')}")
     lines += [
         "",
         "default grid (hydra.sweeper.params in conf/config.yaml):",
@@ -454,6 +464,13 @@ def help_text() -> str:
         "4 stopped by time_limit, 130/143 interrupted",
     ]
     return "\n".join(lines)
+
+
+def exit_usage(error: Exception, created: Path | None) -> NoReturn:
+    """Bad input found before any work: say it, remove what the command created, exit 2."""
+    print(f"bench: error: {error}", file=sys.stderr)
+    remove_empty(created)  # a command that ran nothing leaves nothing behind
+    sys.exit(EXIT_USAGE)
 
 
 def register_sweeper() -> None:

@@ -8,7 +8,6 @@ sweeps a key (``basket`` is one list, not a sweep).
 
 from __future__ import annotations
 
-import itertools
 import json
 import shutil
 import tempfile
@@ -17,49 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import OmegaConf
 
 from bench.errors import ConfigError
 
 NOT_SWEPT = ("plugins", "basket")
 
 
-def defaults() -> dict[str, Any]:
-    from bench.registry import CONF_DIR
-
-    base = OmegaConf.load(CONF_DIR / "train.yaml")
-    values = {key: OmegaConf.to_container(base, resolve=False)[key] for key in base}
-    for key in ("defaults", "hydra", "command"):
-        values.pop(key, None)
-    values.update(out=None, plots=False, resume=True, time_limit="none", dry_run=False)
-    return values
-
-
-def split(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """(global keys, member keys by group); an unknown key names the valid ones."""
-    known = defaults()
-    members: dict[str, dict[str, Any]] = {"problem": {}, "estimator": {}}
-    values = dict(known)
-    for key, value in settings.items():
-        head, _, rest = key.partition(".")
-        if head in members and rest:
-            members[head][rest] = value
-        elif key in known and key != "dry_run":
-            values[key] = value
-        else:
-            valid = [*(k for k in known if k != "dry_run"), "problem.<key>", "estimator.<key>"]
-            raise ConfigError(key, f"unknown key; valid keys: {', '.join(valid)}")
-    return values, members
-
-
 def plan_runs(problem: Any, estimator: Any, settings: dict[str, Any]) -> list[tuple[Any, str]]:
     """[(JobSpec, run id)] for every combination, validated before any work, duplicates dropped."""
     from bench import plugins
-    from bench.api import check_members, components, grid, validate
+    from bench.api import check_members, component_grid, components, grid, split_settings
     from bench.plan import JobSpec
     from bench.training.command import TRAIN
 
-    values, members = split(settings)
+    values, members = split_settings(settings, "train")
     plugins.load(values.get("plugins"))
     chosen = {"problem": components("problem", problem), "estimator": components("estimator", estimator)}
     if any(part.instance is not None for parts in chosen.values() for part in parts):
@@ -67,24 +37,18 @@ def plan_runs(problem: Any, estimator: Any, settings: dict[str, Any]) -> list[tu
             "problem", "bench.train takes registry names (a class with a name registers on import)"
         )
     check_members(members, chosen)
-    runs, seen, built = [], set(), {}
-    flat = {f"{g}.{k}": v for g, keys in members.items() for k, v in keys.items()}
-    for member_values in grid(flat):
-        keyed = {g: {k.split(".", 1)[1]: v for k, v in member_values.items() if k.startswith(g + ".")}
-                 for g in members}  # fmt: skip
-        for p, e in itertools.product(chosen["problem"], chosen["estimator"]):
-            parts = {"problem": p.with_keys(keyed["problem"]), "estimator": e.with_keys(keyed["estimator"])}
-            validate(parts, built)
-            for combination in grid(values, NOT_SWEPT):
-                container = {**combination, **{g: part.config for g, part in parts.items()}}
-                names = {g: part.name for g, part in parts.items()}
-                spec = JobSpec(names, {g: part.config for g, part in parts.items()}, {}, container)
-                spec.settings = TRAIN.settings(container)
-                TRAIN.check(container)
-                run = TRAIN.identify(spec)
-                if run not in seen:
-                    seen.add(run)
-                    runs.append((spec, run))
+    runs, seen = [], set()
+    for parts in component_grid(chosen, members):
+        for combination in grid(values, NOT_SWEPT):
+            container = {**combination, **{g: part.config for g, part in parts.items()}}
+            names = {g: part.name for g, part in parts.items()}
+            spec = JobSpec(names, {g: part.config for g, part in parts.items()}, {}, container)
+            spec.settings = TRAIN.settings(container)
+            TRAIN.check(container)
+            run = TRAIN.identify(spec)
+            if run not in seen:
+                seen.add(run)
+                runs.append((spec, run))
     return runs
 
 
@@ -101,13 +65,14 @@ def train(
     ``plots=True``), from which a second call resumes; None (default) writes nothing. A failing run
     is recorded (``status`` failed, ``reason``) and the others go on, as in ``bench train``.
     """
+    from bench.api import split_settings
     from bench.output import run_metadata
     from bench.sweep import check_writable
     from bench.training.execute import execute_run, finish
     from bench.training.runs import run_status
 
     runs = plan_runs(problem, estimator, settings)
-    values, _ = split(settings)
+    values, _ = split_settings(settings, "train")
     target = Path(values["out"]) if values.get("out") is not None else None
     out = target or Path(tempfile.mkdtemp(prefix="bench-train-"))
     try:

@@ -19,10 +19,10 @@ from omegaconf import OmegaConf
 
 from bench.errors import ConfigError
 from bench.output import scratch
-from bench.plan import GridRules, JobSpec, Kind, default_grid, plan, typed_exclusions
+from bench.plan import JobSpec, Kind
 from bench.registry import CONF_DIR
 from bench.settings import TRAIN_INTEGER_KEYS, check_train_command, train_settings
-from bench.stops import EXIT_OK, EXIT_USAGE
+from bench.stops import EXIT_OK
 from bench.training.runs import run_id, run_status
 
 
@@ -59,17 +59,13 @@ def describe(grid: Any, out: Path) -> str:
 def sweep_train(sweeper: Any, arguments: list[str]) -> Any:
     """What bench's Hydra sweeper does for ``bench train`` (``hydra_plugins.bench_sweeper``)."""
     from hydra._internal.core_plugins.basic_launcher import BasicLauncher
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.utils import configure_log
 
-    from bench.sweep import check_writable, first_missing, remove_empty
+    from bench.sweep import check_writable, exit_usage, first_missing
     from bench.training.execute import execute
 
     tic = time.perf_counter()
-    parser = OverridesParser.create(config_loader=sweeper.hydra_context.config_loader)
-    user_keys = [o.get_key_element().lstrip("+~") for o in parser.parse_overrides(arguments)]
-    overrides = parser.parse_overrides([*default_grid(dict(sweeper.params), user_keys), *arguments])
-    (jobs,) = sweeper.split_arguments(overrides, None)
+    jobs, user_keys = sweeper.expand(arguments)
     out = Path(sweeper.config.hydra.sweep.dir)
     dry_run = sweeper.config.get("dry_run") is True
     created = first_missing(scratch(out))
@@ -82,13 +78,9 @@ def sweep_train(sweeper: Any, arguments: list[str]) -> Any:
         if not dry_run:
             check_writable(out)
         print(f"bench: planning {len(jobs)} training runs (validating every run's config)...", flush=True)
-        typed = typed_exclusions(sweeper.exclude, "train")
-        rules = GridRules.from_config(sweeper.only, sweeper.exclude, [*user_keys, *typed])
-        grid = plan(jobs, sweeper._compose, sweeper._compose([]), user_keys, rules, kind=TRAIN)
+        grid = sweeper.plan_jobs(jobs, user_keys, "train", TRAIN)
     except ConfigError as error:
-        print(f"bench: error: {error}", file=sys.stderr)
-        remove_empty(created)  # a command that ran nothing leaves nothing behind
-        sys.exit(EXIT_USAGE)
+        exit_usage(error, created)
     print(f"bench: planned in {time.perf_counter() - tic:.1f} s", flush=True)
     if dry_run:
         print(describe(grid, out))
@@ -103,11 +95,9 @@ def sweep_train(sweeper: Any, arguments: list[str]) -> Any:
 
 def help_text() -> str:
     """``bench train --help``: the keys with their defaults and comments, from conf/train.yaml."""
-    from bench.registry import yaml_comments
+    from bench.sweep import key_lines
 
-    base = OmegaConf.load(CONF_DIR / "train.yaml")
-    comments = yaml_comments(CONF_DIR / "train.yaml")
-    grid = OmegaConf.to_container(base.hydra.sweeper.params)
+    grid = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "train.yaml").hydra.sweeper.params)
     lines = [
         "usage: bench train [KEY=VALUE ...]",
         "",
@@ -116,12 +106,8 @@ def help_text() -> str:
         "estimator.KEY set the keys of problems and estimators (`bench list` shows them).",
         "",
         "keys (default):",
+        *key_lines("train", hidden=("command",)),
     ]
-    for key in base:
-        if key in ("defaults", "hydra", "command"):
-            continue
-        shown = grid.get(key, OmegaConf.to_container(base, resolve=False)[key])
-        lines.append(f"  {key}={shown}".ljust(34) + f" {comments.get(key, '')}")
     lines += [
         "",
         "default grid (hydra.sweeper.params in conf/train.yaml):",

@@ -22,8 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from bench.cluster import Cluster, describe_tasks, parse_cells_per_job, plan_tasks, run_planned, submitit_kind
 from bench.errors import ConfigError
 from bench.output import scratch, usable_cores
+from bench.plan import SWEEP, Kind, Plan
 from bench.sweep import (
-    EXIT_USAGE,
     GridRules,
     check_sweep_settings,
     check_writable,
@@ -32,9 +32,9 @@ from bench.sweep import (
     default_grid,
     describe_plan,
     execute,
+    exit_usage,
     first_missing,
     plan,
-    remove_empty,
     run_in_process,
     typed_exclusions,
     write_plan,
@@ -63,6 +63,23 @@ class BenchSweeper(BasicSweeper):
         assert self.hydra_context is not None and self.config is not None
         return self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
 
+    def expand(self, arguments: list[str]) -> tuple[list[list[str]], list[str]]:
+        """(the grid's jobs, the keys typed): the config's grid less what the user replaces,
+        crossed with what they typed (Hydra's basic sweeper's expansion)."""
+        assert self.hydra_context is not None
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        user_keys = [o.get_key_element().lstrip("+~") for o in parser.parse_overrides(arguments)]
+        overrides = parser.parse_overrides([*default_grid(dict(self.params), user_keys), *arguments])
+        (jobs,) = self.split_arguments(overrides, None)
+        return jobs, user_keys
+
+    def plan_jobs(self, jobs: list[list[str]], user_keys: list[str], config_name: str, kind: Kind) -> Plan:
+        """``bench.plan.plan`` of the expanded grid under this config's own rules (``only``,
+        ``exclude``; an exclusion the user typed applies, ``typed_exclusions``), raising ConfigError."""
+        typed = typed_exclusions(self.exclude, config_name)
+        rules = GridRules.from_config(self.only, self.exclude, [*user_keys, *typed])
+        return plan(jobs, self._compose, self._compose([]), user_keys, rules, kind=kind)
+
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         if self.config.get("command") == "train":  # bench train: runs, not cells (bench.training)
@@ -70,10 +87,7 @@ class BenchSweeper(BasicSweeper):
 
             return sweep_train(self, arguments)
         tic = time.perf_counter()
-        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        user_keys = [o.get_key_element().lstrip("+~") for o in parser.parse_overrides(arguments)]
-        overrides = parser.parse_overrides([*default_grid(dict(self.params), user_keys), *arguments])
-        (jobs,) = self.split_arguments(overrides, None)
+        jobs, user_keys = self.expand(arguments)
         out = Path(self.config.hydra.sweep.dir)
         dry_run = self.config.get("dry_run") is True
         created = first_missing(scratch(out))
@@ -84,13 +98,9 @@ class BenchSweeper(BasicSweeper):
             if not dry_run:
                 check_writable(out)
             print(f"bench: planning {len(jobs)} jobs (validating every cell's config)...", flush=True)
-            typed = typed_exclusions(self.exclude, "config")
-            rules = GridRules.from_config(self.only, self.exclude, [*user_keys, *typed])
-            grid = plan(jobs, self._compose, self._compose([]), user_keys, rules)
+            grid = self.plan_jobs(jobs, user_keys, "config", SWEEP)
         except ConfigError as error:
-            print(f"bench: error: {error}", file=sys.stderr)
-            remove_empty(created)  # a command that ran nothing leaves nothing behind
-            sys.exit(EXIT_USAGE)
+            exit_usage(error, created)
         print(f"bench: planned in {time.perf_counter() - tic:.1f} s", flush=True)
         if dry_run:
             print(describe_plan(grid, out))
@@ -104,9 +114,7 @@ class BenchSweeper(BasicSweeper):
             try:  # the executor before any work: a launcher that cannot submit is bad input
                 cluster = Cluster(self.launcher, out)
             except ConfigError as error:
-                print(f"bench: error: {error}", file=sys.stderr)
-                remove_empty(created)
-                sys.exit(EXIT_USAGE)
+                exit_usage(error, created)
         OmegaConf.save(self.config, scratch(out) / "multirun.yaml")
 
         if type(self.launcher) is BasicLauncher:
