@@ -51,6 +51,9 @@ class AntitheticBinary(Estimator):
 
     unbiased = True
     requires = ("binary_latent",)
+    # the surrogate's direct term averages f over both members of every pair: a model's gradient
+    # from it is the plain one at both (``model_samples``), each a sample from q_θ
+    plain_model_gradient = True
 
     def cost_evals(self, n_samples: int, problem: Problem | None = None) -> int:
         return 2 * n_samples  # f(b₁) and f(b₂) per pair
@@ -63,6 +66,10 @@ class AntitheticBinary(Estimator):
                 f"binary_latent), which {problem.name} lacks"
             )
         return reason
+
+    def model_samples(self, problem: Problem, params: Params, noise: Tensor) -> Tensor:
+        """Both members of every pair, (2·n_samples, *latent): b₁ first, then b₂."""
+        return torch.cat(antithetic_pair(problem, params, noise, problem.logits(detached(params))))
 
     def logit_gradient(
         self, u: Tensor, first: Tensor, second: Tensor, logits: Tensor, delta: Tensor

@@ -55,9 +55,10 @@ class Estimator:
     min_samples: ClassVar[int] = 1
     has_fit: ClassVar[bool] = False
     # The estimate's gradient of parameters that enter only the cost (a VAE's decoder, passed in
-    # ``params`` by ``bench train``) is the plain sampled one, mean_s ∇f(θ, x_s) at the problem's
-    # samples x_s of this noise: true of surrogates mean_s [f_s + stopgrad(w_s) log p_s]. bench train
-    # then trains the model from this one pass (tested equal to ``Problem.model_gradient``).
+    # ``params`` by ``bench train``) is the plain sampled one, the mean of ∇f(θ, x) over the samples x
+    # of ``model_samples``: true of surrogates mean_s [f_s + stopgrad(w_s) log p_s] and of the
+    # antithetic pairs' mean over both members. bench train then trains the model from this one pass
+    # (tested equal to ``Problem.model_gradient`` at ``model_samples``).
     plain_model_gradient: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -115,6 +116,13 @@ class Estimator:
         z̃, a coupled Weibull draw) draws it from ``aux_generator`` and returns a tuple.
         """
         return problem.noise(generator, batch, dtype)
+
+    def model_samples(self, problem: Problem, params: Params, noise: Tensor) -> Tensor:
+        """The samples from q_θ at which ``bench train`` takes the model's plain gradient for one
+        estimate whose problem noise is ``noise`` (n_samples, *event): the problem's own samples of
+        it, (n_samples, *sample). An estimator that evaluates f at further samples from q_θ made
+        from the same noise (ARM's and DisARM's antithetic partners) gives those too."""
+        return problem.sample(params, noise)
 
     def fit(self, problem: Problem, params: Params, draw_noise: NoiseSource) -> FitReport:
         """Fit the estimator's own parameters before measuring (``has_fit``); ``draw_noise(size)``

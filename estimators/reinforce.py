@@ -36,6 +36,5 @@ class Reinforce(Estimator):
         return mean_weighted_score(problem, params, x, cost)
 
     def surrogate(self, problem: Problem, params: Params, noise: Tensor) -> Tensor:
-        x = problem.sample(detached(params), noise)
-        cost, log_prob = problem.cost_and_log_prob(params, x)  # (S,) each
+        cost, log_prob = problem.sampled_cost_and_log_prob(params, noise)  # (S,) each
         return score_function_surrogate(cost, log_prob, cost)

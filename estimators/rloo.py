@@ -38,8 +38,7 @@ class ReinforceLeaveOneOut(Estimator):
         return scaled(problem.weighted_score(params, x, centred), 1.0 / (cost.shape[-1] - 1))
 
     def surrogate(self, problem: Problem, params: Params, noise: Tensor) -> Tensor:
-        x = problem.sample(detached(params), noise)
-        cost, log_prob = problem.cost_and_log_prob(params, x)  # (S,) each
+        cost, log_prob = problem.sampled_cost_and_log_prob(params, noise)  # (S,) each
         n_samples = cost.shape[0]
         baseline = (cost.sum() - cost) / (n_samples - 1)  # (S,)
         return score_function_surrogate(cost, log_prob, cost - baseline)

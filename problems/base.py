@@ -197,6 +197,13 @@ class Problem(ABC):
         differentiated twice (score-function estimators need both)."""
         return self.cost(params, x), self.log_prob(params, x)
 
+    def sampled_cost_and_log_prob(self, params: Params, noise: Tensor) -> tuple[Tensor, Tensor]:
+        """``cost_and_log_prob`` at the problem's sample of ``noise`` taken as a constant, as
+        score-function surrogates use them: each (*batch,). A problem whose sample shares work with
+        them (a VAE's encoder) overrides this to do it once."""
+        x = self.sample({name: value.detach() for name, value in params.items()}, noise)
+        return self.cost_and_log_prob(params, x)
+
     # --- closed-form score (has_score) -----------------------------------------------------------
     def score(self, params: Params, x: Sample) -> Params:
         """∇θ log p(x; θ) per sample, in closed form (``has_score``): {name: (*batch, *shape)}."""

@@ -101,6 +101,25 @@ from bench.problems.vae_nets import (
 from bench.problems.vae_training import VAETraining
 
 
+def detached_view(held: Tensor, asked: Tensor) -> bool:
+    """``asked`` is ``held`` or ``held.detach()``: the same storage, place and layout (a detached
+    tensor shares its version counter, so equal versions mean equal values). A functorch wrapper
+    has no storage to compare: not recognized."""
+    if held is asked:
+        return True
+    try:
+        return (
+            asked.data_ptr() == held.data_ptr()
+            and asked.storage_offset() == held.storage_offset()
+            and asked.shape == held.shape
+            and asked.stride() == held.stride()
+            and asked.dtype == held.dtype
+            and asked.device == held.device
+        )
+    except RuntimeError:
+        return False
+
+
 class DigitsVAE(VAETraining, Problem):
     """Shared machinery: data, encoder, parameter point (init / trained, cached), exact gradient.
 
@@ -357,18 +376,34 @@ class DigitsVAE(VAETraining, Problem):
         """The encoder's outputs on the minibatch: (B, out), in the params' dtype. The last result
         is reused while the same encoder tensors (unchanged in place) and images come again: an
         estimator that takes ``logits`` and ``cost`` of one ``params`` (arm, disarm, the relaxed
-        ones) then runs, and differentiates, the encoder once instead of twice."""
+        ones) then runs, and differentiates, the encoder once instead of twice. Detached views of
+        those tensors (``detached(params)``, as estimators sample) get the result detached."""
         images, _ = self.constants(params["encoder.0.weight"].dtype)
         encoder = [value for name, value in params.items() if name.startswith("encoder.")]
         key = [images, *encoder]  # held, so no id is reused while the entry lives
         versions = [tensor._version for tensor in key]
         last = self._encoded
-        same = last is not None and len(last[0]) == len(key) and all(map(operator.is_, last[0], key))
-        if same and last[1] == versions:
-            return last[2]
+        if last is not None and len(last[0]) == len(key) and last[1] == versions:
+            if all(map(operator.is_, last[0], key)):
+                return last[2]
+            if not any(t.requires_grad for t in encoder) and all(map(detached_view, last[0], key)):
+                return last[2].detach()
         encoded = self.encoder_network(params, images)
         self._encoded = (key, versions, encoded)
         return encoded
+
+    @abstractmethod
+    def sample_encoded(self, encoded: Tensor, noise: Tensor) -> Tensor:
+        """The sample of ``noise`` (*batch, B, *event) from the encoder's outputs (B, out)."""
+
+    def sample(self, params: Params, noise: Tensor) -> Tensor:
+        return self.sample_encoded(self.encode(params).detach(), noise)
+
+    def sampled_cost_and_log_prob(self, params: Params, noise: Tensor) -> tuple[Tensor, Tensor]:
+        """One encoder pass for the sample, the cost and log q (under ``vmap`` too, where
+        ``encode`` cannot tell a detached view)."""
+        x = self.sample_encoded(self.encode(params).detach(), noise)
+        return self.cost_and_log_prob(params, x)
 
     def cost(self, params: Params, x: Tensor) -> Tensor:
         images, decoder = self.constants(x.dtype)

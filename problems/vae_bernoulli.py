@@ -124,9 +124,12 @@ class VAEBernoulli(DigitsVAE):
         return network_init(generator, "decoder", self.decoder_sizes)
 
     def negative_elbo(self, encoded: Tensor, decoder: Params, images: Tensor, z: Tensor) -> Tensor:
+        return self.negative_elbo_at(bernoulli_log_prob(encoded, z).sum(-1), decoder, images, z)
+
+    def negative_elbo_at(self, log_q: Tensor, decoder: Params, images: Tensor, z: Tensor) -> Tensor:
+        """``negative_elbo`` from log q(z|x) (*batch, B), computed once where log q is used twice."""
         pixel_logits = self.decoder_network(decoder, z)  # (*batch, B, D)
         log_likelihood = bernoulli_log_prob(pixel_logits, images).sum(-1)  # (*batch, B)
-        log_q = bernoulli_log_prob(encoded, z).sum(-1)  # (*batch, B)
         log_prior = -self.latent_dim * math.log(2.0)
         return (log_q - log_likelihood - log_prior).mean(-1)
 
@@ -147,19 +150,17 @@ class VAEBernoulli(DigitsVAE):
     def logits(self, params: Params) -> Tensor:
         return self.encode(params)  # (B, L)
 
-    def sample(self, params: Params, noise: Tensor) -> Tensor:
-        probs = torch.sigmoid(self.encode(params).detach())  # (B, L)
-        return (noise > 1.0 - probs).to(noise.dtype)  # (*batch, B, L)
+    def sample_encoded(self, encoded: Tensor, noise: Tensor) -> Tensor:
+        return (noise > 1.0 - torch.sigmoid(encoded)).to(noise.dtype)  # (*batch, B, L)
 
     def log_prob(self, params: Params, x: Tensor) -> Tensor:
-        return bernoulli_log_prob(self.encode(params), x).sum((-2, -1))  # (*batch,)
+        return bernoulli_log_prob(self.encode(params), x).sum(-1).sum(-1)  # (*batch,), as cost_and_log_prob
 
     def cost_and_log_prob(self, params: Params, x: Tensor) -> tuple[Tensor, Tensor]:
         """``cost`` and ``log_prob`` from one encoder pass (differentiated once, not twice)."""
         images, decoder = self.constants(x.dtype)
-        encoded = self.encode(params)  # (B, L)
-        cost = self.negative_elbo(encoded, self.decoder_in(params, decoder), images, x)
-        return cost, bernoulli_log_prob(encoded, x).sum((-2, -1))
+        log_q = bernoulli_log_prob(self.encode(params), x).sum(-1)  # (*batch, B)
+        return self.negative_elbo_at(log_q, self.decoder_in(params, decoder), images, x), log_q.sum(-1)
 
     def relaxed_sample(self, params: Params, noise: Tensor, temperature: float) -> Tensor:
         return self.relax(self.preimage(params, noise), temperature)  # (*batch, B, L)

@@ -169,9 +169,8 @@ class VAECategorical(DigitsVAE):
     def logits(self, params: Params) -> Tensor:
         return self.code_logits(self.encode(params))  # (B, L, K)
 
-    def sample(self, params: Params, noise: Tensor) -> Tensor:
-        detached = {name: value.detach() for name, value in params.items()}
-        return self.hard(self.preimage(detached, noise))  # (*batch, B, L, K)
+    def sample_encoded(self, encoded: Tensor, noise: Tensor) -> Tensor:
+        return self.hard(latent.categorical_preimage(self.code_logits(encoded), noise))  # (*batch, B, L, K)
 
     def log_prob(self, params: Params, x: Tensor) -> Tensor:
         return (x * torch.log_softmax(self.logits(params), -1)).sum((-3, -2, -1))  # (*batch,)

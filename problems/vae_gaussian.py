@@ -109,8 +109,9 @@ class VAEGaussian(DigitsVAE):
         mu, sigma = self.loc_scale(params)  # (B, L) each
         return mu + sigma * noise  # (*batch, B, L)
 
-    def sample(self, params: Params, noise: Tensor) -> Tensor:
-        return self.rsample({name: value.detach() for name, value in params.items()}, noise)
+    def sample_encoded(self, encoded: Tensor, noise: Tensor) -> Tensor:
+        mu, log_sigma = self.moments(encoded)
+        return mu + torch.exp(log_sigma) * noise  # (*batch, B, L), as ``rsample``
 
     def log_prob(self, params: Params, x: Tensor) -> Tensor:
         mu, log_sigma = self.moments(self.encode(params))

@@ -245,3 +245,54 @@ def test_vae_cost_and_log_prob_share_one_encoder_pass(name):
     cost, log_prob = problem.cost_and_log_prob(params, x)
     torch.testing.assert_close(cost, problem.cost(params, x), rtol=0, atol=0)
     torch.testing.assert_close(log_prob, problem.log_prob(params, x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["vae_bernoulli", "vae_categorical", "vae_gaussian"])
+def test_vae_sampled_cost_and_log_prob_run_the_encoder_once(name, monkeypatch):
+    """``sampled_cost_and_log_prob`` equals the sample, cost and log q taken apart, with one encoder
+    pass per estimate under plain autograd and under vmap(grad) (the sweep's path), where sampling
+    apart costs a second one; reinforce and rloo use it."""
+    from torch.func import grad, vmap
+
+    problem = make("problem", name)
+    problem.prepare(torch.float64)
+    params = problem.params()
+    noise = problem.noise(torch.Generator().manual_seed(1), (2, 3), torch.float64)
+    x = problem.sample(params, noise[0])
+    apart = problem.cost_and_log_prob(params, x)
+    torch.testing.assert_close(problem.sampled_cost_and_log_prob(params, noise[0]), apart, rtol=0, atol=0)
+    passes = []
+    network = problem.encoder_network
+    monkeypatch.setattr(problem, "encoder_network", lambda *a: passes.append(1) or network(*a))
+
+    def surrogate(params_, noise_one):
+        cost, log_prob = problem.sampled_cost_and_log_prob(params_, noise_one)
+        return (cost + cost.detach() * log_prob).mean()
+
+    vmap(grad(surrogate), in_dims=(None, 0))(params, noise)
+    assert len(passes) == 1  # one batched pass for the whole vmap
+    passes.clear()
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    torch.autograd.grad(surrogate(leaves, noise[0]), list(leaves.values()))
+    assert len(passes) == 1
+    passes.clear()
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    detached = {k: v.detach() for k, v in leaves.items()}
+    problem.cost_and_log_prob(leaves, problem.sample(detached, noise[0]))
+    assert len(passes) == 2  # sampling first from detached tensors cannot reuse a pass with grad
+
+
+@pytest.mark.parametrize("estimator_name", ["arm", "disarm", "rloo", "reinforce"])
+def test_one_training_estimate_runs_the_vae_encoder_once(estimator_name, monkeypatch):
+    """A single estimate (a training step's: plain autograd) on the VAE runs the encoder once: the
+    antithetic pair's sample of detached tensors reuses the differentiable pass (``encode``)."""
+    problem, estimator = make("problem", "vae_bernoulli"), make("estimator", estimator_name)
+    problem.prepare(torch.float64)
+    params = problem.params()
+    generators = torch.Generator().manual_seed(1), torch.Generator()
+    noise = estimator.make_noise(problem, *generators, (1, 2), torch.float64)
+    passes = []
+    network = problem.encoder_network
+    monkeypatch.setattr(problem, "encoder_network", lambda *a: passes.append(1) or network(*a))
+    estimator.estimate(problem, params, noise)
+    assert len(passes) == 1

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.registry import build, default_config
+from bench.registry import REGISTRIES, build, default_config
 from bench.training.loop import RunSettings, run_training
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,31 +219,46 @@ def test_a_failing_run_is_recorded_and_the_others_go_on(tmp_path: Path) -> None:
     assert (curves.loc[curves["lr"] == 0.01, "status"] == "ok").all()
 
 
-@pytest.mark.parametrize("name", ["vae_bernoulli", "vae_categorical", "vae_gaussian"])
-@pytest.mark.parametrize("estimator_name", ["reinforce", "rloo"])
+VAE_NAMES = ("vae_bernoulli", "vae_categorical", "vae_gaussian")
+PLAIN_MODEL_GRADIENT = sorted(
+    (problem, name)
+    for name, cls in REGISTRIES["estimator"].items()
+    if cls.plain_model_gradient
+    for problem in VAE_NAMES
+    if make("estimator", name).why_not(make("problem", problem), 4) is None
+)
+
+
+def test_the_one_pass_model_gradient_is_checked_for_every_declaring_estimator() -> None:
+    """Every registered estimator declaring ``plain_model_gradient`` joins the check below."""
+    assert {name for _, name in PLAIN_MODEL_GRADIENT} >= {"reinforce", "rloo", "arm", "disarm"}
+
+
+@pytest.mark.parametrize(("name", "estimator_name"), PLAIN_MODEL_GRADIENT)
 def test_one_pass_model_gradient_equals_the_separate_pass(name: str, estimator_name: str) -> None:
     """Where the estimator declares ``plain_model_gradient``, the loop takes the decoder's gradient
-    from the estimate's own pass; it must be what ``Problem.model_gradient`` gives at the samples of
-    the same noise (and θ's gradient must not change). A declaration that is false (disarm, whose
-    surrogate gives the decoder the mean over both antithetic samples) fails the same comparison."""
+    from the estimate's own pass; it must be what ``Problem.model_gradient`` gives at the estimator's
+    ``model_samples`` of the same noise (and θ's gradient must not change). The same comparison
+    fails against the wrong samples: for ARM and DisARM the pairs' first members alone, for the
+    others the samples of other noise."""
     problem, estimator = make("problem", name), make("estimator", estimator_name)
     theta, model = problem.training_start()
     problem.training_batch(model, torch.Generator().manual_seed(0), torch.float64)
     noise = problem.noise(torch.Generator().manual_seed(1), (1, 4), torch.float64)
     fused = estimator.estimate(problem, {**theta, **model}, noise)
     alone = estimator.estimate(problem, theta, noise)
-    x = problem.sample(theta, noise[0])
+    x = estimator.model_samples(problem, theta, noise[0])
     separate = problem.model_gradient(theta, model, x)
     assert set(fused) == set(theta) | set(model)
     for key in theta:
         torch.testing.assert_close(fused[key][0], alone[key][0], rtol=1e-10, atol=1e-12)
     for key in model:
         torch.testing.assert_close(fused[key][0], separate[key], rtol=1e-10, atol=1e-12)
-    if name == "vae_bernoulli" and estimator_name == "rloo":
-        disarm = make("estimator", "disarm")
-        wrong = disarm.estimate(problem, {**theta, **model}, noise)
-        with pytest.raises(AssertionError):
-            torch.testing.assert_close(wrong["decoder.0.weight"][0], separate["decoder.0.weight"])
+    first = problem.sample(theta, noise[0])
+    other = problem.sample(theta, problem.noise(torch.Generator().manual_seed(2), (4,), torch.float64))
+    wrong = problem.model_gradient(theta, model, first if x.shape[0] > first.shape[0] else other)
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close({k: fused[k][0] for k in model}, wrong)
 
 
 def test_bench_train_in_python_matches_the_command(tmp_path: Path) -> None:

@@ -99,21 +99,36 @@ def shifted_encoder(theta: Params) -> Params:
     return {**theta, last_bias: theta[last_bias] + shift}
 
 
-@pytest.mark.parametrize("name", list(VAES))
-def test_model_gradient_is_unbiased(name: str) -> None:
+def estimator_samples(
+    estimator_name: str, problem: DigitsVAE, theta: Params, noise: torch.Tensor
+) -> torch.Tensor:
+    """``model_samples`` of each group's noise, noise (G, m', B, …) → x (G·m, B, …): the loop's
+    samples, one group per training step (disarm: m' = m/2 pairs give m samples)."""
+    estimator = make("estimator", estimator_name)
+    return torch.cat([estimator.model_samples(problem, theta, group) for group in noise])
+
+
+@pytest.mark.parametrize(
+    ("name", "estimator_name"),
+    [(name, "rloo") for name in VAES] + [("vae_bernoulli", "disarm")],  # disarm: both pair members
+)
+def test_model_gradient_is_unbiased(name: str, estimator_name: str) -> None:
     problem = VAES[name]()
     theta, model = problem.training_start()
     generator = torch.Generator().manual_seed(11)
     problem.training_batch(model, generator, F64)  # a training minibatch, as in a step
     exact = flat(exact_decoder_gradient(problem, theta, model))
-    noise = problem.noise(generator, (GROUPS * PER_GROUP,), F64)
-    x = problem.sample(theta, noise)  # (G·m, B, *code)
+    per_noise = PER_GROUP // 2 if estimator_name == "disarm" else PER_GROUP
+    noise = problem.noise(generator, (GROUPS, per_noise), F64)
+    x = estimator_samples(estimator_name, problem, theta, noise)  # (G·m, B, *code)
     estimates = grouped_model_gradients(problem, theta, model, x)
     critical = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1 - ALPHA / (2 * exact.numel()))))
     assert max_abs_z(estimates, exact) < critical
     # wrong variants: half the gradient; x drawn from a shifted encoder (biased samples)
     assert max_abs_z(0.5 * estimates, exact) > critical
-    biased = grouped_model_gradients(problem, theta, model, problem.sample(shifted_encoder(theta), noise))
+    biased = grouped_model_gradients(
+        problem, theta, model, estimator_samples(estimator_name, problem, shifted_encoder(theta), noise)
+    )
     assert max_abs_z(biased, exact) > critical
 
 

@@ -6,14 +6,17 @@ A step, per run (no Python loop over samples or estimates):
     problem.training_batch(model, data stream)             the step's data (a VAE's minibatch)
     noise = estimator.make_noise(problem, (1, n_samples))  the problem's noise first (see below)
     ĝ_θ = estimator.estimate(problem, θ, noise)            one estimate of ∇θ E[f]
-    ĝ_model = problem.model_gradient(θ, model, x)          x: the samples of that same problem noise
+    x = estimator.model_samples(problem, θ, noise)         its samples from q_θ
+    ĝ_model = problem.model_gradient(θ, model, x)          the plain gradient, mean over x
     optimizer step on θ and model, descending E[f] (``direction`` minimize) or ascending it.
-The samples x are those the estimate used: the problem's noise is drawn first from the step's
-generator (the estimator contract in ``Estimator.make_noise``), and the generator's state before the
-draw is replayed to get it again, so every estimator trains the model the same way. Where the
-problem ``fuses_model`` and the estimator declares ``plain_model_gradient`` (reinforce, rloo), the
-model's parameters go into the estimate's ``params`` instead and its one pass gives the same
-gradient (tests/test_train.py checks they agree), as a hand-written loop computes it.
+The samples x are those the estimate used: the problem's samples of its noise (and, for ARM and
+DisARM, each one's antithetic partner, at which they evaluate f too). The problem's noise is drawn
+first from the step's generator (the estimator contract in ``Estimator.make_noise``), and the
+generator's state before the draw is replayed to get it again, so every estimator trains the model
+the same way. Where the problem ``fuses_model`` and the estimator declares ``plain_model_gradient``
+(reinforce, rloo, arm, disarm), the model's parameters go into the estimate's ``params`` instead and
+its one pass gives the same gradient (tests/test_train.py checks they agree), as a hand-written loop
+computes it.
 
 Streams (all derived from ``seed``; ``stream``): the training noise, the estimator's auxiliary
 noise, the data, and per evaluation fresh generators for the variance measurement (common random
@@ -142,7 +145,8 @@ def train_step(problem: Problem, estimator: Estimator, state: State, settings: R
     if replay is not None:  # the model's gradient at the samples of the problem noise just drawn
         replayed = torch.Generator(device=problem.device)
         replayed.set_state(replay)
-        x = problem.sample(theta, problem.noise(replayed, (settings.n_samples,), settings.dtype))
+        u = problem.noise(replayed, (settings.n_samples,), settings.dtype)
+        x = estimator.model_samples(problem, theta, u)
         grads.update(problem.model_gradient(theta, detached(state.model), x))
     ascend = problem.direction == "maximize"  # optimizers descend: ascending E[f] descends −E[f]
     for group in (state.theta, state.model):  # a few named tensors, not samples

@@ -5,7 +5,7 @@ the same model: the papers' binary VAE (``vae_bernoulli``, 200 latent bits, the 
 The hand-written loops below are what one writes without bench: one encoder pass, one batched
 decoder pass over the samples, one surrogate, one ``backward``. They compute the same estimator
 and the same decoder gradient as bench (the decoder's plain sampled gradient at the samples
-x = 1[u > 1 − σ(φ)]; disarm's antithetic partner b₂ gets no decoder gradient), from the same
+x = 1[u > 1 − σ(φ)], and for disarm at both members of the antithetic pair), from the same
 generators in the same order, so after a step both hold the same parameters to rounding (checked by
 ``test_train_speed``). Timing: thread CPU time of single steps, interleaved ABBA in rounds
 (``tests.perf.gate.paired_round``), one torch thread.
@@ -97,14 +97,13 @@ def disarm_step(loop: HandLoop) -> None:
     logits = mlp(loop.encoder, "encoder", images)  # (B, L)
     p = torch.sigmoid(logits.detach())
     b1, b2 = (u > 1.0 - p).to(u.dtype), (u < p).to(u.dtype)
-    frozen = {name: value.detach() for name, value in loop.decoder.items()}
-    q1, l1 = terms(images, logits, b1, loop.decoder)  # the decoder's gradient: at b₁ only
-    q2, l2 = terms(images, logits, b2, frozen)
-    constant = PROBLEM["latent_dim"] * math.log(2.0)
-    delta = ((q1 - l1) - (q2 - l2)).mean(-1).detach()  # (S,): f(b₁) − f(b₂)
+    log_q, log_lik = terms(images, logits, torch.cat([b1, b2]), loop.decoder)  # (2S, B): one decoder pass
+    f = (log_q - log_lik + PROBLEM["latent_dim"] * math.log(2.0)).mean(-1)  # (2S,): the minibatch's −ELBO
+    n_pairs = u.shape[0]
+    delta = (f[:n_pairs] - f[n_pairs:]).detach()  # (S,): f(b₁) − f(b₂)
     g = 0.5 * delta[:, None, None] * (1 - 2 * b2) * (b1 != b2) * torch.sigmoid(logits.detach().abs())
-    direct = 0.5 * (q1.mean(-1) + q2.mean(-1)).mean()  # f's own dependence on the encoder (log q)
-    loss = (g.mean(0) * logits).sum() + direct - l1.mean(-1).mean() + constant
+    # f.mean(): the direct term (log q) for the encoder, the plain gradient at b₁ and b₂ for the decoder
+    loss = (g.mean(0) * logits).sum() + f.mean()
     loop.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     loop.optimizer.step()
