@@ -92,6 +92,7 @@ from bench.problems.vae_nets import (
     TRAIN_SAMPLES,
     checked_int,
     checked_state,
+    detached_view,
     layer_sizes,
     load_cached,
     network,
@@ -99,25 +100,6 @@ from bench.problems.vae_nets import (
     save_atomically,
 )
 from bench.problems.vae_training import VAETraining
-
-
-def detached_view(held: Tensor, asked: Tensor) -> bool:
-    """``asked`` is ``held`` or ``held.detach()``: the same storage, place and layout (a detached
-    tensor shares its version counter, so equal versions mean equal values). A functorch wrapper
-    has no storage to compare: not recognized."""
-    if held is asked:
-        return True
-    try:
-        return (
-            asked.data_ptr() == held.data_ptr()
-            and asked.storage_offset() == held.storage_offset()
-            and asked.shape == held.shape
-            and asked.stride() == held.stride()
-            and asked.dtype == held.dtype
-            and asked.device == held.device
-        )
-    except RuntimeError:
-        return False
 
 
 class DigitsVAE(VAETraining, Problem):

@@ -189,3 +189,22 @@ def load_cached(path: Path, expected: dict[str, Params]) -> dict[str, Params] | 
     except (KeyError, TypeError, AttributeError):
         return None
     return payload if matches else None
+
+
+def detached_view(held: Tensor, asked: Tensor) -> bool:
+    """``asked`` is ``held`` or ``held.detach()``: the same storage, place and layout (a detached
+    tensor shares its version counter, so equal versions mean equal values). A functorch wrapper
+    has no storage to compare: not recognized."""
+    if held is asked:
+        return True
+    try:
+        return (
+            asked.data_ptr() == held.data_ptr()
+            and asked.storage_offset() == held.storage_offset()
+            and asked.shape == held.shape
+            and asked.stride() == held.stride()
+            and asked.dtype == held.dtype
+            and asked.device == held.device
+        )
+    except RuntimeError:
+        return False
