@@ -70,7 +70,6 @@ from bench.registry import (  # re-exported: tests and plugins import them from 
     build,
     default_config,
     group_options,
-    yaml_comments,
 )
 from bench.settings import (  # re-exported: the sweeper imports them from here
     cell_settings,
@@ -401,69 +400,26 @@ def requested_plugins(overrides: Sequence[str]) -> list[str]:
     return specs
 
 
-def nested_comments(path: Path, parent: str) -> dict[str, str]:
-    """``  key: value  # comment`` lines indented under the top-level ``parent:``: {key: comment}."""
-    comments, inside = {}, False
-    for line in path.read_text().splitlines():
-        if line and line[0] not in " \t#":
-            inside = line.split(":", 1)[0].strip() == parent
-        elif inside and line.startswith("  ") and ":" in line and "#" in line.split(":", 1)[1]:
-            key, rest = line.split(":", 1)
-            comments[key.strip()] = rest.split("#", 1)[1].strip()
-    return comments
-
-
-def key_lines(config_name: str, hidden: Sequence[str] = ()) -> list[str]:
-    """``KEY=default   comment`` per key of conf/<config_name>.yaml (a key of the default grid
-    shows its grid), groups of keys (reference_gradient.*) expanded; ``hidden`` keys left out."""
-    path = CONF_DIR / f"{config_name}.yaml"
-    base = OmegaConf.load(path)
-    comments = yaml_comments(path)
-    grid = OmegaConf.to_container(base.hydra.sweeper.params)
-    lines = []
-    for key in base:
-        if key in ("defaults", "hydra", *hidden):
-            continue
-        default = OmegaConf.to_container(base, resolve=False)[key]
-        if isinstance(default, dict) and key not in grid:  # a group of keys (reference_gradient.*)
-            lines.append(f"  {key}.*".ljust(34) + f" {comments.get(key, '')}")
-            for sub, value in default.items():
-                comment = nested_comments(path, key).get(sub, "")
-                lines.append(f"    {key}.{sub}={value}".ljust(34) + f" {comment}")
-            continue
-        shown = grid.get(key, default)
-        lines.append(f"  {key}={shown}".ljust(34) + f" {comments.get(key, '')}")
-    return lines
-
-
 def help_text() -> str:
     """``bench sweep --help``: the global keys with their defaults, from conf/config.yaml."""
-    grid = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml").hydra.sweeper.params)
-    lines = [
-        "usage: bench sweep [KEY=VALUE ...]",
-        "",
+    about = (
         "Run a grid of problems × estimators. KEY=a,b,c sweeps a key; any key you type replaces",
         "its grid below. problem.KEY / estimator.KEY set the keys of problems and estimators",
         "(`bench list` shows them with their defaults) and apply only where the key exists.",
-        "",
-        "global keys (default):",
-        *key_lines("config"),
-    ]
-    lines += [
-        "",
-        "default grid (hydra.sweeper.params in conf/config.yaml):",
-        *(f"  {key}={value}" for key, value in grid.items()),
-        "",
-        "examples:",
+    )
+    examples = (
         "  bench sweep problem=bernoulli,categorical estimator=reinforce,rloo n_samples=2,8,32",
         "  bench sweep estimator=gumbel_softmax estimator.temperature=0.1,0.3,1,3",
         "  bench sweep hydra/launcher=joblib hydra.launcher.n_jobs=2     # parallel processes",
         "  bench sweep --dry-run                                         # plan only: list the cells",
-        "",
+    )
+    exit_status = (
         "exit status: 0 done, 1 a cell failed, 2 bad input, 3 conformance failure, "
-        "4 stopped by time_limit, 130/143 interrupted",
-    ]
-    return "\n".join(lines)
+        "4 stopped by time_limit, 130/143 interrupted"
+    )
+    from bench.usage import help_page
+
+    return help_page("sweep", "config", about, "global keys (default):", examples, exit_status)
 
 
 def exit_usage(error: Exception, created: Path | None) -> NoReturn:

@@ -10,7 +10,6 @@ the same command resumes them.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ from omegaconf import OmegaConf
 from bench.errors import ConfigError
 from bench.output import scratch
 from bench.plan import JobSpec, Kind
-from bench.registry import CONF_DIR
 from bench.settings import TRAIN_INTEGER_KEYS, check_train_command, train_settings
 from bench.stops import EXIT_OK
 from bench.training.runs import run_id, run_status
@@ -61,28 +59,17 @@ def sweep_train(sweeper: Any, arguments: list[str]) -> Any:
     from hydra._internal.core_plugins.basic_launcher import BasicLauncher
     from hydra.core.utils import configure_log
 
-    from bench.sweep import check_writable, exit_usage, first_missing
     from bench.training.execute import execute
 
-    tic = time.perf_counter()
-    jobs, user_keys = sweeper.expand(arguments)
-    out = Path(sweeper.config.hydra.sweep.dir)
-    dry_run = sweeper.config.get("dry_run") is True
-    created = first_missing(scratch(out))
-    try:
+    def check() -> None:
         check_train_command(sweeper.config)
         if type(sweeper.launcher) is not BasicLauncher:
             raise ConfigError(
                 "hydra/launcher", "bench train runs its runs in one process; choose no launcher"
             )
-        if not dry_run:
-            check_writable(out)
-        print(f"bench: planning {len(jobs)} training runs (validating every run's config)...", flush=True)
-        grid = sweeper.plan_jobs(jobs, user_keys, "train", TRAIN)
-    except ConfigError as error:
-        exit_usage(error, created)
-    print(f"bench: planned in {time.perf_counter() - tic:.1f} s", flush=True)
-    if dry_run:
+
+    grid, out, _, _ = sweeper.checked_plan(arguments, "training runs", "run", "train", TRAIN, check)
+    if sweeper.config.get("dry_run") is True:
         print(describe(grid, out))
         return []
     OmegaConf.save(sweeper.config, scratch(out) / "multirun.yaml")
@@ -95,31 +82,21 @@ def sweep_train(sweeper: Any, arguments: list[str]) -> Any:
 
 def help_text() -> str:
     """``bench train --help``: the keys with their defaults and comments, from conf/train.yaml."""
-    from bench.sweep import key_lines
+    from bench.usage import help_page
 
-    grid = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "train.yaml").hydra.sweeper.params)
-    lines = [
-        "usage: bench train [KEY=VALUE ...]",
-        "",
+    about = (
         "Train with each estimator and record learning curves, variance along the trajectory and a",
         "summary. KEY=a,b,c sweeps a key; any key you type replaces its grid below. problem.KEY and",
         "estimator.KEY set the keys of problems and estimators (`bench list` shows them).",
-        "",
-        "keys (default):",
-        *key_lines("train", hidden=("command",)),
-    ]
-    lines += [
-        "",
-        "default grid (hydra.sweeper.params in conf/train.yaml):",
-        *(f"  {key}={value}" for key, value in grid.items()),
-        "",
-        "examples:",
+    )
+    examples = (
         "  bench train problem=bernoulli estimator=reinforce,rloo seed=0,1,2 steps=300",
         "  bench train problem=vae_bernoulli estimator=rloo,disarm basket=[reinforce,arm]",
-        "",
-        "exit status: 0 done, 1 a run failed, 2 bad input, 4 stopped by time_limit, 130/143 interrupted",
-    ]
-    return "\n".join(lines)
+    )
+    exit_status = (
+        "exit status: 0 done, 1 a run failed, 2 bad input, 4 stopped by time_limit, 130/143 interrupted"
+    )
+    return help_page("train", "train", about, "keys (default):", examples, exit_status, hidden=("command",))
 
 
 def main(overrides: Sequence[str]) -> None:

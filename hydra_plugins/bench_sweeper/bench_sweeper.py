@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -39,6 +40,17 @@ from bench.sweep import (
     typed_exclusions,
     write_plan,
 )
+
+T = TypeVar("T")
+
+
+class Planned(NamedTuple, Generic[T]):
+    """``BenchSweeper.checked_plan``'s result."""
+
+    grid: Plan
+    out: Path
+    created: Path | None  # the first folder this command creates (removed on bad input)
+    checked: T  # what the command's own check returned
 
 
 class BenchSweeper(BasicSweeper):
@@ -80,28 +92,45 @@ class BenchSweeper(BasicSweeper):
         rules = GridRules.from_config(self.only, self.exclude, [*user_keys, *typed])
         return plan(jobs, self._compose, self._compose([]), user_keys, rules, kind=kind)
 
+    def checked_plan(
+        self, arguments: list[str], noun: str, item: str, config_name: str, kind: Kind, check: Callable[[], T]
+    ) -> Planned[T]:
+        """The plan, ``out``, the first folder this command creates and what ``check()`` returned:
+        the grid expanded, the command's own
+        ``check`` and a writable ``out`` (unless a dry run) before every ``item``'s config is
+        validated (``plan_jobs``). Bad input exits 2 and removes what this created (``exit_usage``)."""
+        assert self.config is not None
+        tic = time.perf_counter()
+        jobs, user_keys = self.expand(arguments)
+        out = Path(self.config.hydra.sweep.dir)
+        created = first_missing(scratch(out))
+        try:
+            checked = check()
+            if self.config.get("dry_run") is not True:
+                check_writable(out)
+            print(f"bench: planning {len(jobs)} {noun} (validating every {item}'s config)...", flush=True)
+            grid = self.plan_jobs(jobs, user_keys, config_name, kind)
+        except ConfigError as error:
+            exit_usage(error, created)
+        print(f"bench: planned in {time.perf_counter() - tic:.1f} s", flush=True)
+        return Planned(grid, out, created, checked)
+
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         if self.config.get("command") == "train":  # bench train: runs, not cells (bench.training)
             from bench.training.command import sweep_train
 
             return sweep_train(self, arguments)
-        tic = time.perf_counter()
-        jobs, user_keys = self.expand(arguments)
-        out = Path(self.config.hydra.sweep.dir)
-        dry_run = self.config.get("dry_run") is True
-        created = first_missing(scratch(out))
         kind = submitit_kind(self.launcher)
-        try:
+
+        def check() -> int | None:
             check_sweep_settings(self.config)
-            cells_per_job = parse_cells_per_job(self.cells_per_job)
-            if not dry_run:
-                check_writable(out)
-            print(f"bench: planning {len(jobs)} jobs (validating every cell's config)...", flush=True)
-            grid = self.plan_jobs(jobs, user_keys, "config", SWEEP)
-        except ConfigError as error:
-            exit_usage(error, created)
-        print(f"bench: planned in {time.perf_counter() - tic:.1f} s", flush=True)
+            return parse_cells_per_job(self.cells_per_job)
+
+        grid, out, created, cells_per_job = self.checked_plan(
+            arguments, "jobs", "cell", "config", SWEEP, check
+        )
+        dry_run = self.config.get("dry_run") is True
         if dry_run:
             print(describe_plan(grid, out))
             if kind is not None:  # how the cells would be cut into cluster tasks
