@@ -29,7 +29,7 @@ _API: dict[str, str] = {
     "FitReport": "bench.estimators.base",
     "fit_by_variance": "bench.estimators.base",
     "per_estimate_gradients": "bench.estimators.base",
-    "detached": "bench.estimators.base",
+    "detached": "bench.problems.base",
     "score_function_surrogate": "bench.estimators.base",
     "positive_float": "bench.estimators.base",
     "positive_int": "bench.estimators.base",

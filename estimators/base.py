@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from bench.component import bound_config, register
 from bench.errors import ConfigError, NotApplicable
-from bench.problems.base import Params, Problem
+from bench.problems.base import Params, Problem, detached  # noqa: F401 (re-exported: bench.detached, estimators)
 
 REGISTRY: dict[str, type[Estimator]] = {}
 Noise = Any  # a Tensor (batch, n_samples, *event) or a tuple of them: whatever ``make_noise`` returns
@@ -241,10 +241,6 @@ def score_function_surrogate(cost: Tensor, log_prob: Tensor, weight: Tensor) -> 
     on θ (zero for most problems; −log q in an ELBO).
     """
     return (cost + weight.detach() * log_prob).mean()
-
-
-def detached(params: Params) -> Params:
-    return {name: value.detach() for name, value in params.items()}
 
 
 def exact_batch(problem: Problem, params: Params, batch: int) -> Params:

@@ -27,6 +27,12 @@ from bench.problems import latent
 Params = dict[str, Tensor]
 Sample = Any  # a Tensor or a tuple of Tensors (a pytree vmap can carry)
 
+
+def detached(params: Params) -> Params:
+    """The parameters as constants (views sharing their storage, cut from autograd)."""
+    return {name: value.detach() for name, value in params.items()}
+
+
 REGISTRY: dict[str, type[Problem]] = {}
 
 
@@ -201,7 +207,7 @@ class Problem(ABC):
         """``cost_and_log_prob`` at the problem's sample of ``noise`` taken as a constant, as
         score-function surrogates use them: each (*batch,). A problem whose sample shares work with
         them (a VAE's encoder) overrides this to do it once."""
-        x = self.sample({name: value.detach() for name, value in params.items()}, noise)
+        x = self.sample(detached(params), noise)
         return self.cost_and_log_prob(params, x)
 
     # --- closed-form score (has_score) -----------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from bench.errors import ConfigError
-from bench.problems.base import Params, Problem, as_tensor_list
+from bench.problems.base import Params, Problem, as_tensor_list, detached
 
 COSTS = ("linear", "quadratic", "cos", "exp_quadratic")
 
@@ -93,7 +93,7 @@ class Gaussian(Problem):
         return params["mu"] + params["sigma"] * noise
 
     def sample(self, params: Params, noise: Tensor) -> Tensor:
-        return self.rsample({name: value.detach() for name, value in params.items()}, noise)
+        return self.rsample(detached(params), noise)
 
     def log_prob(self, params: Params, x: Tensor) -> Tensor:
         mu, sigma = params["mu"], params["sigma"]

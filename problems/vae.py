@@ -78,7 +78,7 @@ import torch
 from torch import Tensor
 
 from bench.problems import data
-from bench.problems.base import Params, Problem
+from bench.problems.base import Params, Problem, detached
 from bench.problems.vae_nets import (
     BINARIZE_THRESHOLD,
     CACHE_DIR,
@@ -346,7 +346,7 @@ class DigitsVAE(VAETraining, Problem):
         """Make ``cost`` (every dtype's ``constants``) use ``images`` (B, D) and ``decoder``; the cast
         to ``dtype`` is built now, outside any torch.func transform (``prepare``). Every other
         dtype's cache is dropped, so none holds an older minibatch or decoder."""
-        self._source = (images, {name: value.detach() for name, value in decoder.items()})
+        self._source = (images, detached(decoder))
         self._constants = {}
         self.constants(dtype)
 

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bench.estimators.base import Estimator, exact_at
+from bench.estimators.base import Estimator, detached, exact_at
 from bench.problems.base import Params, Problem
 from bench.runner import auto_batch_size, flatten, synchronize
 from bench.stats import empty_moments, fold, summarize
@@ -126,10 +126,6 @@ def start(problem: Problem, settings: RunSettings, saved: dict[str, Any] | None 
         state.step, state.cost_evals, state.seconds = saved["step"], saved["cost_evals"], saved["seconds"]
         state.rows, state.basket_rows = list(saved["rows"]), list(saved["basket_rows"])
     return state
-
-
-def detached(params: Params) -> Params:
-    return {name: value.detach() for name, value in params.items()}
 
 
 def train_step(problem: Problem, estimator: Estimator, state: State, settings: RunSettings) -> None:
