@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from bench.files import replaced_atomically
 from bench.verdicts import conformance, derive, holm_rejections, ratio_interval, variance_ratio  # noqa: F401
 
 METADATA_KEY = b"bench"
@@ -279,34 +279,18 @@ def write_parquet_atomic(frame: pd.DataFrame, path: Path, metadata: Mapping[str,
 
 def write_table_atomic(table: pa.Table, path: Path, metadata: Mapping[str, Any]) -> None:
     """``write_parquet_atomic`` for an Arrow table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     schema_metadata = {
         **(table.schema.metadata or {}),
         METADATA_KEY: json.dumps(metadata, default=str).encode(),
     }
     table = table.replace_schema_metadata(schema_metadata)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
+    with replaced_atomically(path) as temporary:
         pq.write_table(table, temporary)
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; tables are for everyone who reads results
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def write_text_atomic(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with replaced_atomically(path) as temporary:
+        temporary.write_text(text)
 
 
 def read_parquet_file(path: Path) -> pa.Table:

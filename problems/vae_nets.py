@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.errors import ConfigError
+from bench.files import replaced_atomically
 from bench.problems import data
 from bench.problems.base import Params
 
@@ -159,17 +158,9 @@ def checked_positive_float(key: str, value: Any) -> float:
 
 # --- the trained-point cache ---------------------------------------------------------------------
 def save_atomically(payload: dict[str, Params], path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then os.replace: readers never see half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            torch.save(payload, file)
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """torch.save, atomically: readers never see half a file."""
+    with replaced_atomically(path) as temporary:
+        torch.save(payload, temporary)
 
 
 def load_cached(path: Path, expected: dict[str, Params]) -> dict[str, Params] | None:

@@ -11,13 +11,14 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
 from matplotlib.figure import Figure
+
+from bench.files import replaced_atomically
 
 from .style import apply_theme
 from .text import DPI
@@ -30,18 +31,11 @@ def save(figure: Figure, directory: Path, stem: str) -> list[Path]:
     with matplotlib.rc_context(apply_theme()):
         for suffix in ("png", "svg"):
             path = directory / f"{stem}.{suffix}"
-            handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".{suffix}", dir=directory)
-            os.close(handle)
-            try:
-                options = (
-                    {"metadata": {"Date": None}} if suffix == "svg" else {"pil_kwargs": {"compress_level": 1}}
-                )
+            options = (
+                {"metadata": {"Date": None}} if suffix == "svg" else {"pil_kwargs": {"compress_level": 1}}
+            )
+            with replaced_atomically(path, suffix=f".{suffix}") as temporary:
                 figure.savefig(temporary, format=suffix, dpi=DPI, **options)
-                os.chmod(temporary, 0o644)
-                os.replace(temporary, path)
-            except BaseException:
-                Path(temporary).unlink(missing_ok=True)
-                raise
             written.append(path)
     return written
 

@@ -15,10 +15,7 @@ curve rows: ``ok`` (finished), ``failed`` (with ``reason``; the others go on) or
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
+from bench.files import replaced_atomically
 from bench.output import (
     config_frame,
     read_parquet_file,
@@ -82,18 +80,9 @@ def run_dir(out: Path, run: str) -> Path:
 
 
 def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
-    """torch.save via a temporary file and os.replace: a kill never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(buffer.getvalue())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """torch.save, atomically: a kill never leaves half a checkpoint."""
+    with replaced_atomically(path) as temporary:
+        torch.save(payload, temporary)
 
 
 def load_checkpoint(out: Path, run: str) -> dict[str, Any] | None:
