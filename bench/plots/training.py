@@ -211,9 +211,14 @@ def variance_figure(points: pd.DataFrame, basket: pd.DataFrame | None) -> Figure
         sum(left) + len(panels) * WIDTH + 0.3,
         "Variance of one gradient estimate along training",
         "Per problem setting (rows): the trace of the estimator's covariance at each evaluation, log "
-        "scale. Left: each run's own estimator, the mean over seeds. Right: the basket's estimators "
-        "measured at the same points, the mean over the setting's runs. Bands: the mean over runs of "
-        "each measurement's 95% interval.",
+        "scale. "
+        + (
+            "Left: each run's own estimator, the mean over seeds. Right: the basket's estimators "
+            "measured at the same points, the mean over the setting's runs. "
+            if len(panels) > 1
+            else "Each run's own estimator, the mean over seeds. "
+        )
+        + "Bands: the mean over runs of each measurement's 95% interval.",
         legend_handles({label: styles[label] for label in used}, "mean 95% interval of the measurements"),
     )
     n = len(settings)
