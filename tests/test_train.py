@@ -199,6 +199,27 @@ def test_sigint_merges_what_ran_and_exits_130(tmp_path: Path) -> None:
     assert list((out / ".bench" / "runs").glob("*/checkpoint.pt"))  # what the same command resumes from
 
 
+def test_an_interrupt_while_checkpointing_leaves_the_rows_to_merge(tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C may land at any point of an evaluation's writes. The run's files come first, so an
+    interrupt during the checkpoint's write (here: the first evaluation's) still leaves the rows
+    that the merge shows; the checkpoint is the previous one (none at step 0)."""
+    from bench.training import execute as execute_module
+    from bench.training.execute import RunWriter
+    from bench.training.runs import run_dir, run_status
+
+    def interrupted(payload, path) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(execute_module, "save_checkpoint", interrupted)
+    problem, estimator = make("problem", "bernoulli"), make("estimator", "rloo")
+    base = {"run": "r1", "problem": "bernoulli", "estimator": "rloo", "n_samples": 4, "seed": 0}
+    writer = RunWriter(tmp_path, "r1", base, {}, None, time.time(), [0, 3, 6])
+    with pytest.raises(KeyboardInterrupt):
+        run_training(problem, estimator, {}, settings(eval_every=3), on_eval=lambda state: writer(state, 6))
+    assert run_status(tmp_path, "r1") == "partial"
+    assert not (run_dir(tmp_path, "r1") / "checkpoint.pt").exists()
+
+
 def test_time_limit_stops_with_exit_4_and_the_run_resumes(tmp_path: Path) -> None:
     out = tmp_path / "limited"
     done = bench("train", "problem=categorical", "estimator=rloo", "steps=20000", "eval_every=100",

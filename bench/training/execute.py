@@ -73,13 +73,17 @@ class RunWriter:
         self.basket_rows: list[dict[str, Any]] = []
 
     def __call__(self, state: State, steps: int) -> None:
-        # The checkpoint first: it holds the rows, so a kill between the two writes loses nothing.
-        save_checkpoint(state.checkpoint(), run_dir(self.out, self.run) / "checkpoint.pt")
+        # The run's files first, then the checkpoint: a stop between the two leaves files that the
+        # merge shows (a Ctrl-C right after the first evaluation included) and the previous
+        # checkpoint, from which a resumed run repeats the same rows exactly.
         status = "ok" if state.step >= steps else "partial"
         self.write(state.rows, state.basket_rows, status)
+        checkpoint = run_dir(self.out, self.run) / "checkpoint.pt"
         if status == "ok":
-            (run_dir(self.out, self.run) / "checkpoint.pt").unlink(missing_ok=True)
-        elif self.limit is not None and state.step > 0:  # at step 0 nothing says what a step costs
+            checkpoint.unlink(missing_ok=True)
+            return
+        save_checkpoint(state.checkpoint(), checkpoint)
+        if self.limit is not None and state.step > 0:  # at step 0 nothing says what a step costs
             evals = [row["eval_seconds"] for row in state.rows]
             remaining_evals = sum(1 for step in self.eval_steps if step > state.step)
             projected = (
